@@ -1,0 +1,41 @@
+# patchddm — every target bootstraps .venv on first use (CPU torch from the pinned wheel, then the project).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.patchddm-installed
+# The pinned CPU build; GPU users: see README "GPU users".
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,lab,docs,bench
+DEMO_DIR ?= results/demo
+
+.PHONY: install test demo demo-check lab docs docs-check ablations bench readme export clean-nbs
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)  ## notebook unit tests (nbdev-test) + end-to-end tests (pytest)
+	$(BIN)/nbdev-test --n-workers 2 --timing
+	$(BIN)/pytest -q
+
+demo: $(STAMP)  ## the main job on the embedded phantom data
+	$(BIN)/patchddm demo $(DEMO_DIR)
+
+demo-check: $(STAMP)
+	$(BIN)/pytest -q -m slow tests/test_demo.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+readme: $(STAMP)  ## regenerate README.md from nbs/index.ipynb
+	$(PY) tools/make_readme.py
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	$(PY) tools/make_readme.py
