@@ -13,7 +13,7 @@ import typer
 from .core import PatchDDMError, load_settings
 
 # %% auto #0
-__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'main']
+__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'main']
 
 # %% ../nbs/07_cli.ipynb #5f4b8685
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -64,6 +64,62 @@ def preprocess(data_dir: Optional[Path] = typer.Argument(None, help="BraTS folde
     skipped = summary.get("skipped", [])
     typer.echo(f"preprocess: {summary.get('n_cases', '?')} cases cached in {out_dir}"
                + (f"; skipped {len(skipped)}: " + ", ".join(str(x) for x in skipped) if skipped else ""))
+
+# %% ../nbs/07_cli.ipynb #e2cc3518
+@app.command()
+@cli_errors
+def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cache (default: settings prep_dir)"),
+          run_dir: Optional[Path] = typer.Argument(None, help="run folder (default: <results_dir>/<mode>)"),
+          mode: str = typer.Option("patchddm", help="patchddm | fullres | halfres | patchddm-nocoords"),
+          preset: Optional[str] = typer.Option(None, help="model preset: tiny | small | paper (default: settings preset)"),
+          patch: Optional[int] = typer.Option(None, help="patch edge for the patch modes (default: half the volume)"),
+          patch_dist: str = typer.Option("paper", help="patch-start distribution: paper | code | uniform"),
+          steps: int = typer.Option(1000, help="optimisation steps"),
+          lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default: the preset's)"),
+          batch: int = typer.Option(1, help="batch size per process"),
+          ema: Optional[float] = typer.Option(None, help="EMA decay of the weights, e.g. 0.999"),
+          grad_clip: Optional[float] = typer.Option(None, help="max gradient norm"),
+          amp: str = typer.Option("auto", help="auto | bf16 | fp16 | none"),
+          checkpointing: bool = typer.Option(False, help="activation checkpointing (less memory, a little slower)"),
+          devices: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:0,cuda:1 (FullRes split) | cpu,cpu"),
+          val_every: int = typer.Option(250, help="validate every N steps (0: never)"),
+          val_steps: int = typer.Option(10, help="DDIM steps of validation sampling"),
+          val_cases: Optional[int] = typer.Option(None, help="validate on the first N validation cases"),
+          ckpt_every: int = typer.Option(100, help="write last.pt every N steps"),
+          log_every: int = typer.Option(10, help="log every N steps"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: settings seed)"),
+          workers: int = typer.Option(0, help="data loader worker processes"),
+          resume: bool = typer.Option(False, help="continue from RUN_DIR/last.pt"),
+          overwrite: bool = typer.Option(False, help="replace an existing run folder")):
+    "Train a diffusion segmentation model on the preprocessed cache."
+    from patchddm.train import TrainConfig, train as _train
+    s = load_settings()
+    cfg = TrainConfig(prep_dir=prep_dir or s.prep_dir, run_dir=run_dir or s.results_dir / mode, mode=mode,
+                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, steps=steps, lr=lr, batch=batch,
+                      ema=ema, grad_clip=grad_clip, amp=amp, checkpointing=checkpointing,
+                      devices=devices or s.device, val_every=val_every, val_steps=val_steps, val_cases=val_cases,
+                      ckpt_every=ckpt_every, log_every=log_every, seed=s.seed if seed is None else seed,
+                      workers=workers)
+    summary = _train(cfg, resume=resume, overwrite=overwrite, progress=True)
+    if summary: typer.echo("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+
+# %% ../nbs/07_cli.ipynb #8d2ab386
+@app.command()
+@cli_errors
+def view(case_dir: Path = typer.Argument(..., help="a BraTS-layout case folder"),
+         out: Path = typer.Argument(..., help="PNG file to write"),
+         pred: Optional[Path] = typer.Option(None, help="prediction folder (PRED or PRED/<case_id>)"),
+         axis: str = typer.Option("axial", help="axial | coronal | sagittal"),
+         index: Optional[int] = typer.Option(None, help="slice index (default: the slice with the most tumour)"),
+         sequence: str = typer.Option("t1ce", help="t1 | t1ce | t2 | flair"),
+         size: int = typer.Option(480, help="image size in pixels"),
+         alpha: float = typer.Option(0.4, help="overlay opacity"),
+         overwrite: bool = typer.Option(False, help="replace an existing PNG")):
+    "Render one slice of a case (with truth, prediction and uncertainty overlays) to a PNG."
+    from patchddm.viewer import VolumeViewer
+    v = VolumeViewer.from_files(case_dir, pred, size=size)
+    v.render_png(out, axis=axis, index=index, sequence=sequence, alpha=alpha, overwrite=overwrite)
+    typer.echo(f"view: wrote {out}")
 
 # %% ../nbs/07_cli.ipynb #0c0c4b11
 def main():
