@@ -50,15 +50,16 @@ def phantoms(out_dir: Optional[Path] = typer.Argument(None, help="where to write
 @cli_errors
 def preprocess(data_dir: Optional[Path] = typer.Argument(None, help="BraTS folder of case folders (default: settings data_dir)"),
                out_dir: Optional[Path] = typer.Argument(None, help="cache folder (default: settings prep_dir)"),
-               size: int = typer.Option(256, help="edge of the padded cube"),
+               size: Optional[int] = typer.Option(None, help="edge of the padded cube (default: 256 for BraTS, 128 for 2 mm and 64 for 4 mm phantoms)"),
                spacing: Optional[float] = typer.Option(None, help="resample to this isotropic spacing in mm first"),
                seed: int = typer.Option(0, help="seed of the 80/10/10 split"),
                skip_bad: bool = typer.Option(False, help="skip invalid cases (listed at the end) instead of stopping"),
                overwrite: bool = typer.Option(False, help="replace an existing non-empty cache folder")):
     "Validate every case, normalise, pad and cache them once; write the seeded train/val/test split."
-    from patchddm.data import PrepConfig, preprocess_dataset
+    from patchddm.data import PrepConfig, preprocess_dataset, suggest_size
     s = load_settings()
     data_dir, out_dir = data_dir or s.data_dir, out_dir or s.prep_dir
+    size = size or suggest_size(data_dir, spacing)
     summary = preprocess_dataset(data_dir, out_dir, PrepConfig(size=size, spacing=spacing, seed=seed),
                                  skip_bad=skip_bad, overwrite=overwrite, progress=True)
     skipped = summary.get("skipped", [])

@@ -1,0 +1,197 @@
+"""One measurement per fresh subprocess: peak memory and seconds of a training step or an inference call.
+
+The parent (`measure(spec)`) starts `python benchmarks/measure.py '<spec as JSON>'`; the child builds what the spec
+names, primes it once on a small input (lazy imports, oneDNN set-up and optimizer state become part of the
+baseline), then runs the measured call once and `warmup + repeats` more times for timing.
+
+Memory on the CPU is the peak resident set size during the measured call (Linux `VmHWM`, reset through
+`/proc/self/clear_refs` just before) minus the resident size right before it, with glibc told to serve and return
+every block above 128 KiB straight from/to the OS, so resident memory follows live tensors. On CUDA it is
+`torch.cuda.max_memory_allocated` minus the allocation right before the call. This is the procedure of
+`patchddm.model.peak_memory`, extended to networks other than ours (MONAI) and to whole sampling calls.
+
+Spec keys (all JSON):
+    task      "train" (forward, ε-MSE loss, backward, AdamW step) | "forward" (no_grad) | "call" (a registered
+              callable, see CALLS)
+    model     {"kind": "ours", "cfg": UNetConfig dict} | {"kind": "monai", "kwargs": {...}, "mid_attention": bool}
+              | {"kind": "run", "path": RUN_DIR, "which": "best"|"last"}
+    size      [D, H, W]; batch; amp (null | "bf16" | "fp16"); device ("cpu" | "cuda"); threads; seed
+    repeats, warmup   timing passes after the measured one (median of `repeats`)
+    args      extra arguments for task "call"
+"""
+from __future__ import annotations
+
+import contextlib, gc, json, os, subprocess, sys, time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+TAG = "BENCH_RESULT "
+
+
+class MeasureError(RuntimeError):
+    "A measurement subprocess failed; the message is one line (the child's last error line)."
+
+
+# ----------------------------------------------------------------------------------------------------------- parent
+def measure(spec: dict, timeout: float = 900) -> dict:
+    "Run one measurement described by `spec` in a fresh subprocess and return its result dict."
+    env = dict(os.environ, **MALLOC_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])])
+    if spec.get("threads"): env["OMP_NUM_THREADS"] = str(spec["threads"])
+    try:
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)], capture_output=True,
+                           text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise MeasureError(f"measurement did not finish within {timeout} s: {spec.get('label', spec['task'])}") from None
+    lines = [l for l in r.stdout.splitlines() if l.startswith(TAG)]
+    if r.returncode or not lines:
+        why = ("killed (out of memory?)" if r.returncode < 0 else
+               (r.stderr.strip().splitlines() or ["no output"])[-1])
+        raise MeasureError(f"{spec.get('label', spec['task'])}: {why}")
+    return json.loads(lines[-1][len(TAG):])
+
+
+# ------------------------------------------------------------------------------------------------------------ child
+def _rss() -> dict[str, int]:
+    "VmRSS and VmHWM (bytes) of this process."
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")): out[line[:5]] = int(line.split()[1]) * 1024
+    return out
+
+
+def _heap_for_timing() -> None:
+    "After the memory pass: let glibc reuse its heap again (mmap per block costs time)."
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20); libc.mallopt(-1, 128 * 2**20)
+    except (OSError, AttributeError):
+        pass
+
+
+def monai_unet(kwargs: dict, mid_attention: bool = True):
+    "MONAI's DiffusionModelUNet(**kwargs); with mid_attention=False its forced middle self-attention is left out."
+    import torch.nn as nn
+    import monai.networks.nets.diffusion_model_unet as dmu
+
+    if mid_attention: return dmu.DiffusionModelUNet(**kwargs)
+
+    class MidNoAttention(nn.Module):
+        "MONAI's AttnMidBlock without the attention: resnet_1 → resnet_2 (signature kept)."
+        def __init__(self, spatial_dims, in_channels, temb_channels, norm_num_groups, norm_eps, **_):
+            super().__init__()
+            blk = lambda: dmu.DiffusionUNetResnetBlock(spatial_dims=spatial_dims, in_channels=in_channels,
+                                                       out_channels=in_channels, temb_channels=temb_channels,
+                                                       norm_num_groups=norm_num_groups, norm_eps=norm_eps)
+            self.resnet_1, self.resnet_2 = blk(), blk()
+
+        def forward(self, hidden_states, temb, context=None):
+            return self.resnet_2(self.resnet_1(hidden_states, temb), temb)
+
+    original = dmu.get_mid_block
+    dmu.get_mid_block = MidNoAttention          # DiffusionModelUNet.__init__ looks the factory up by name
+    try: return dmu.DiffusionModelUNet(**kwargs)
+    finally: dmu.get_mid_block = original
+
+
+def build_model(m: dict):
+    "(model, in_ch, multiple) for a spec's model entry."
+    if m["kind"] == "ours":
+        from patchddm.model import UNet3D, UNetConfig
+        cfg = UNetConfig(**m["cfg"])
+        return UNet3D(cfg), cfg.in_ch, cfg.multiple
+    if m["kind"] == "monai":
+        net = monai_unet(m["kwargs"], m.get("mid_attention", True))
+        return net, m["kwargs"]["in_channels"], 2 ** (len(m["kwargs"]["channels"]) - 1)
+    if m["kind"] == "run":
+        from patchddm.train import load_run
+        run = load_run(m["path"], device="cpu", which=m.get("which", "best"))
+        return run.model, run.model.cfg.in_ch, run.model.cfg.multiple
+    raise ValueError(f"unknown model kind {m['kind']!r}")
+
+
+def _call_fn(spec: dict, dev):
+    "The measured callable for task 'call': CALLS[name](spec, device) → (prime, run)."
+    import calls
+    return calls.CALLS[spec["args"]["name"]](spec, dev)
+
+
+def child(spec: dict) -> dict:
+    "Run the measurement of `spec` in this process (see the module docstring)."
+    import resource
+    import torch
+    import torch.nn.functional as F
+
+    if spec.get("threads"): torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(int(spec.get("seed", 0)))
+    dev = torch.device(spec.get("device", "cpu"))
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.get("amp"))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    params = None
+
+    if spec["task"] == "call":
+        prime, run = _call_fn(spec, dev)
+        prime_args, run_args = (), ()
+        out_holder = {}
+        def one(*_):
+            out_holder["out"] = run(); sync()
+        x_small = x = None
+    else:
+        model, in_ch, mult = build_model(spec["model"])
+        model = model.to(dev).train(spec["task"] == "train")
+        params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if spec["task"] == "train" else None
+        B = int(spec.get("batch", 1))
+        t = torch.randint(0, 1000, (B,), device=dev)
+
+        def one(x):
+            with contextlib.ExitStack() as st:
+                if opt is None: st.enter_context(torch.no_grad())
+                if amp is not None: st.enter_context(torch.autocast(dev.type, dtype=amp))
+                y = model(x, t)
+            if opt is not None:
+                F.mse_loss(y.float(), torch.zeros_like(y, dtype=torch.float32)).backward()
+                opt.step(); opt.zero_grad(set_to_none=True)
+            del y
+            sync()
+
+        x_small = torch.randn(B, in_ch, mult, mult, mult, device=dev)
+        x = torch.randn(B, in_ch, *spec["size"], device=dev)
+        prime = lambda: one(x_small)
+
+    prime()                                             # lazy set-up (and AdamW state) becomes part of the baseline
+    arg = () if x is None else (x,)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev); base = torch.cuda.memory_allocated(dev)
+        method = "torch.cuda.max_memory_allocated"
+    else:
+        method = "VmHWM" if os.environ.get("MALLOC_MMAP_THRESHOLD_") == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"] \
+            else "VmHWM (allocator not controlled)"
+        try:
+            with open("/proc/self/clear_refs", "w") as fh: fh.write("5")     # VmHWM := VmRSS
+        except OSError: method = "ru_maxrss"
+        base = _rss()["VmRSS"]
+    t0 = time.perf_counter(); one(*arg); first = time.perf_counter() - t0   # the measured call
+    if dev.type == "cuda": total = torch.cuda.max_memory_allocated(dev)
+    elif method == "ru_maxrss": total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    else: total = _rss()["VmHWM"]
+    if dev.type == "cpu": _heap_for_timing()
+    times = []
+    for _ in range(int(spec.get("warmup", 0)) + int(spec.get("repeats", 1))):
+        t0 = time.perf_counter(); one(*arg); times.append(time.perf_counter() - t0)
+    timed = sorted(times[int(spec.get("warmup", 0)):])
+    res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=timed[len(timed) // 2] if timed else first,
+               seconds_all=times, seconds_first=first, params=params, threads=torch.get_num_threads(), method=method)
+    if spec["task"] == "call" and isinstance(out_holder.get("out"), dict): res["output"] = out_holder["out"]
+    return res
+
+
+if __name__ == "__main__":
+    import warnings
+    warnings.filterwarnings("ignore")
+    print(TAG + json.dumps(child(json.loads(sys.argv[1]))), flush=True)
