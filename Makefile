@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)  ## notebook unit tests (nbdev-test) + end-to-end tests (pytest)
-	$(BIN)/nbdev-test --n-workers 2 --timing
+	$(BIN)/nbdev-test --n-workers 2 --timing --skip-folder-re '^([_.]|experiments)$$'
 	$(BIN)/pytest -q
 
 demo: $(STAMP)  ## the main job on the embedded phantom data

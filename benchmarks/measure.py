@@ -13,7 +13,8 @@ every block above 128 KiB straight from/to the OS, so resident memory follows li
 Spec keys (all JSON):
     task      "train" (forward, ε-MSE loss, backward, AdamW step) | "forward" (no_grad) | "call" (a registered
               callable, see CALLS)
-    model     {"kind": "ours", "cfg": UNetConfig dict} | {"kind": "monai", "kwargs": {...}, "mid_attention": bool}
+    model     {"kind": "ours", "cfg": UNetConfig dict, "fast": bool (oneDNN convolution, default true)} | {"kind": "monai", "kwargs": {...} or "match": UNetConfig dict,
+              "mid_attention": bool}
               | {"kind": "run", "path": RUN_DIR, "which": "best"|"last"}
     size      [D, H, W]; batch; amp (null | "bf16" | "fp16"); device ("cpu" | "cuda"); threads; seed
     repeats, warmup   timing passes after the measured one (median of `repeats`)
@@ -98,15 +99,45 @@ def monai_unet(kwargs: dict, mid_attention: bool = True):
     finally: dmu.get_mid_block = original
 
 
-def build_model(m: dict):
-    "(model, in_ch, multiple) for a spec's model entry."
+def monai_kwargs(base: int, groups: int, cfg) -> dict:
+    "DiffusionModelUNet keyword arguments with the multipliers, res blocks and channels of UNetConfig `cfg`, width `base`."
+    ch = [base * m for m in cfg.mults]
+    return dict(spatial_dims=3, in_channels=cfg.in_ch, out_channels=cfg.out_ch, num_res_blocks=cfg.num_res_blocks,
+                channels=ch, attention_levels=[False] * len(ch), norm_num_groups=groups, with_conditioning=False,
+                num_head_channels=ch[-1], resblock_updown=False)
+
+
+def match_monai(cfg) -> tuple[dict, int, int]:
+    "(kwargs, MONAI params, our params): the MONAI width (without mid attention) whose parameter count is closest to ours."
+    import math
+    from patchddm.model import UNet3D, count_params
+    ours = count_params(UNet3D(cfg))
+    per_group = max(1, cfg.base * cfg.mults[0] // cfg.groups)       # our channels per group at the first level
+    best = None
+    for b in range(1, 2 * cfg.base + 1):
+        g = math.gcd(*[b * m for m in cfg.mults])
+        groups = max(d for d in range(1, g + 1) if g % d == 0 and d <= max(1, b * cfg.mults[0] // per_group))
+        kw = monai_kwargs(b, groups, cfg)
+        n = count_params(monai_unet(kw, mid_attention=False))
+        if best is None or abs(n - ours) < abs(best[1] - ours): best = (kw, n)
+        if n > 1.5 * ours: break
+    return best[0], best[1], ours
+
+
+def build_model(m: dict, info: dict):
+    "(model, in_ch, multiple) for a spec's model entry; facts worth reporting go into `info`."
     if m["kind"] == "ours":
         from patchddm.model import UNet3D, UNetConfig
         cfg = UNetConfig(**m["cfg"])
         return UNet3D(cfg), cfg.in_ch, cfg.multiple
     if m["kind"] == "monai":
-        net = monai_unet(m["kwargs"], m.get("mid_attention", True))
-        return net, m["kwargs"]["in_channels"], 2 ** (len(m["kwargs"]["channels"]) - 1)
+        kw = m.get("kwargs")
+        if kw is None:                              # match the parameter count of our config m["match"]
+            from patchddm.model import UNetConfig
+            kw, n, ours = match_monai(UNetConfig(**m["match"]))
+            info.update(monai_kwargs=kw, params_ours=ours)
+        net = monai_unet(kw, m.get("mid_attention", True))
+        return net, kw["in_channels"], 2 ** (len(kw["channels"]) - 1)
     if m["kind"] == "run":
         from patchddm.train import load_run
         run = load_run(m["path"], device="cpu", which=m.get("which", "best"))
@@ -114,14 +145,85 @@ def build_model(m: dict):
     raise ValueError(f"unknown model kind {m['kind']!r}")
 
 
+def untrained(cfg_dict: dict, seed: int = 0):
+    "UNet3D(cfg) from seed `seed` with its zero-initialised convolutions re-initialised, so its ε output is not 0."
+    import torch
+    from patchddm.model import UNet3D, UNetConfig
+    torch.manual_seed(seed)
+    model = UNet3D(UNetConfig(**cfg_dict))
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv3d) and not mod.weight.detach().any(): mod.reset_parameters()
+    return model
+
+
+def inference_call(spec: dict, dev):
+    """(prime, run) for an inference measurement: one network evaluation ("eval") or a DDIM run ("ddim") on a whole
+    volume, either at once (window None) or in overlapping window³ crops (`patchddm.evaluate.make_eps_fn`)."""
+    import numpy as np
+    import torch
+    from patchddm.diffusion import Diffusion
+    from patchddm.evaluate import make_eps_fn
+    from patchddm.patching import add_coords
+    from patchddm.train import make_cond
+    a = spec["args"]
+    if a["model"]["kind"] == "run":
+        from patchddm.data import PreparedDataset
+        from patchddm.train import load_run
+        run = load_run(a["model"]["path"], device=str(dev), which=a["model"].get("which", "best"))
+        model, diffusion, mode = run.model, run.diffusion, run.mode
+        ds = PreparedDataset(a["prep"])
+        image = torch.from_numpy(np.asarray(ds.load(a["case"])[0], dtype=np.float32))[None]
+        cond = make_cond(image.to(dev) * 2 - 1, mode)
+    else:
+        model, diffusion = untrained(a["model"]["cfg"], spec.get("seed", 0)).to(dev), Diffusion()
+        g = torch.Generator().manual_seed(spec.get("seed", 0))
+        S = a["size"]
+        cond = add_coords(torch.rand(1, 4, S, S, S, generator=g) * 2 - 1).to(dev)
+    model.eval()
+    m = model.cfg.multiple
+    eps_fn = make_eps_fn(model, a.get("window"), a.get("overlap", 0.5))
+    small = cond[..., :m, :m, :m].contiguous()
+    shape = (1, 1, *cond.shape[2:])
+    t = torch.full((1,), 500, dtype=torch.long, device=dev)
+    x_t = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dev)
+
+    def prime():
+        with torch.no_grad(): eps_fn(x_t[..., :m, :m, :m].contiguous(), t, small)
+
+    last = {}
+
+    def run():
+        with torch.no_grad():
+            if a["what"] == "eval": last["out"] = eps_fn(x_t, t, cond)
+            else: last["out"] = diffusion.sample(eps_fn, cond, shape, solver="ddim", steps=a["steps"], seed=0,
+                                                 progress=False)
+
+    def finish() -> dict:
+        "Save the last output (ε, or the sampled mask x0 > 0) where asked; describe the call."
+        if a.get("save"):
+            arr = last["out"][0, 0].float().cpu().numpy()
+            np.save(a["save"], arr if a["what"] == "eval" else (arr > 0))
+        return dict(volume=list(cond.shape[2:]), window=a.get("window"), what=a["what"])
+    return prime, run, finish
+
+
+CALLS = {"inference": inference_call}
+
+
 def _call_fn(spec: dict, dev):
-    "The measured callable for task 'call': CALLS[name](spec, device) → (prime, run)."
-    import calls
-    return calls.CALLS[spec["args"]["name"]](spec, dev)
+    "The (prime, run, finish) functions of task 'call': CALLS[spec['args']['name']](spec, device)."
+    return CALLS[spec["args"]["name"]](spec, dev)
 
 
 def child(spec: dict) -> dict:
     "Run the measurement of `spec` in this process (see the module docstring)."
+    from patchddm.model import fast_conv
+    with fast_conv(spec.get("model", {}).get("fast", True)):        # False: our net on the reference Conv3d path
+        return _child(spec)
+
+
+def _child(spec: dict) -> dict:
+    "The body of `child`."
     import resource
     import torch
     import torch.nn.functional as F
@@ -131,24 +233,22 @@ def child(spec: dict) -> dict:
     dev = torch.device(spec.get("device", "cpu"))
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.get("amp"))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    params = None
+    params, info = None, {}
 
+    finish = None
     if spec["task"] == "call":
-        prime, run = _call_fn(spec, dev)
-        prime_args, run_args = (), ()
-        out_holder = {}
-        def one(*_):
-            out_holder["out"] = run(); sync()
-        x_small = x = None
+        prime, call, finish = _call_fn(spec, dev)
+        def one():
+            call(); sync()
     else:
-        model, in_ch, mult = build_model(spec["model"])
+        model, in_ch, mult = build_model(spec["model"], info)
         model = model.to(dev).train(spec["task"] == "train")
         params = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if spec["task"] == "train" else None
         B = int(spec.get("batch", 1))
         t = torch.randint(0, 1000, (B,), device=dev)
 
-        def one(x):
+        def step(x):
             with contextlib.ExitStack() as st:
                 if opt is None: st.enter_context(torch.no_grad())
                 if amp is not None: st.enter_context(torch.autocast(dev.type, dtype=amp))
@@ -161,10 +261,9 @@ def child(spec: dict) -> dict:
 
         x_small = torch.randn(B, in_ch, mult, mult, mult, device=dev)
         x = torch.randn(B, in_ch, *spec["size"], device=dev)
-        prime = lambda: one(x_small)
+        prime, one = (lambda: step(x_small)), (lambda: step(x))
 
     prime()                                             # lazy set-up (and AdamW state) becomes part of the baseline
-    arg = () if x is None else (x,)
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev); base = torch.cuda.memory_allocated(dev)
@@ -176,18 +275,19 @@ def child(spec: dict) -> dict:
             with open("/proc/self/clear_refs", "w") as fh: fh.write("5")     # VmHWM := VmRSS
         except OSError: method = "ru_maxrss"
         base = _rss()["VmRSS"]
-    t0 = time.perf_counter(); one(*arg); first = time.perf_counter() - t0   # the measured call
+    t0 = time.perf_counter(); one(); first = time.perf_counter() - t0   # the measured call
     if dev.type == "cuda": total = torch.cuda.max_memory_allocated(dev)
     elif method == "ru_maxrss": total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     else: total = _rss()["VmHWM"]
     if dev.type == "cpu": _heap_for_timing()
     times = []
     for _ in range(int(spec.get("warmup", 0)) + int(spec.get("repeats", 1))):
-        t0 = time.perf_counter(); one(*arg); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); one(); times.append(time.perf_counter() - t0)
     timed = sorted(times[int(spec.get("warmup", 0)):])
     res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=timed[len(timed) // 2] if timed else first,
-               seconds_all=times, seconds_first=first, params=params, threads=torch.get_num_threads(), method=method)
-    if spec["task"] == "call" and isinstance(out_holder.get("out"), dict): res["output"] = out_holder["out"]
+               seconds_all=times, seconds_first=first, params=params, threads=torch.get_num_threads(), method=method,
+               **info)
+    if finish is not None: res["call"] = finish()
     return res
 
 

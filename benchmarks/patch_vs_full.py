@@ -24,7 +24,7 @@ PAPER = dict(memory_ratio=0.135, time_ratio=0.16)
 
 
 def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "auto", preset: str = "small",
-        patches: list[int] | None = None, repeats: int | None = None, threads: int | None = 2) -> dict:
+        patches: list[int] | None = None, repeats: int | None = None, threads: int | None = 1) -> dict:
     "Measure patch P vs full 2P for each P in `patches` and write the results; return the JSON dict."
     report.check_outputs(out, NAME, overwrite)
     device = str(pick_device(device))
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--patches", type=int, nargs="+", help="patch edges P (default: CPU 32 48, GPU 64 128)")
     ap.add_argument("--repeats", type=int)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (default 1: a shared CPU)")
     a = ap.parse_args(argv)
     try:
         run(a.out, a.quick, a.overwrite, a.device, a.preset, a.patches, a.repeats, a.threads)

@@ -7,7 +7,7 @@ to replace existing files unless `overwrite=True`.
 from __future__ import annotations
 
 import datetime as _dt
-import os, platform
+import os, platform, threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,6 +15,7 @@ from patchddm.core import PatchDDMError, atomic_path, cpu_has_bf16, save_json
 
 MiB = 2**20
 SUFFIXES = (".json", ".csv", ".png")
+_PLOT_LOCK = threading.Lock()          # pyplot keeps global state: one figure at a time (run_all --jobs)
 
 
 def cpu_model() -> str:
@@ -75,11 +76,12 @@ def write_result(out_dir: Path | str, name: str, description: str, machine: dict
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig = plot(df)
-        fig.text(0.995, 0.005, f"{machine['device_name']}, torch {machine['torch']}, {machine['date'][:10]}",
-                 ha="right", va="bottom", fontsize=6, color="0.4")
-        with atomic_path(png_p) as tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        with _PLOT_LOCK:
+            fig = plot(df)
+            fig.text(0.995, 0.005, f"{machine['device_name']}, torch {machine['torch']}, {machine['date'][:10]}",
+                     ha="right", va="bottom", fontsize=6, color="0.4")
+            with atomic_path(png_p) as tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
     save_json(doc, json_p)
     return doc
 

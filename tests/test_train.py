@@ -73,15 +73,15 @@ def test_loss_goes_down_when_overfitting_one_case(prep, tmp_path):
     splits = json.loads((prep / "splits.json").read_text())
     case = splits["train"][0]
     (one / "splits.json").write_text(json.dumps({**splits, "train": [case], "val": [case]}))
-    s = train(_cfg(one, tmp_path / "run", mode="fullres", steps=60, val_every=0, ckpt_every=60, log_every=10),
+    s = train(_cfg(one, tmp_path / "run", patch=16, steps=40, val_every=0, ckpt_every=40, log_every=10),
               progress=False)
-    loss = read_log(tmp_path / "run")["loss"].tolist()
-    assert len(loss) == 6 and s["final_loss"] == pytest.approx(loss[-1], rel=1e-5)
-    assert loss[-1] < 0.5 * loss[0], loss
+    loss = read_log(tmp_path / "run")["loss"].tolist()       # mean loss of steps 1-10, 11-20, 21-30, 31-40
+    assert len(loss) == 4 and s["final_loss"] == pytest.approx(loss[-1], rel=1e-5)
+    assert loss[-1] < 0.6 * loss[0], loss
 
 
 def test_resume_after_sigkill_is_bit_identical(prep, tmp_path):
-    full = _cfg(prep, tmp_path / "full", steps=12, ckpt_every=3, val_every=6, ema=0.9, grad_clip=1.0, workers=1)
+    full = _cfg(prep, tmp_path / "full", steps=8, ckpt_every=2, val_every=4, ema=0.9, grad_clip=1.0, workers=1)
     killed = replace(full, run_dir=tmp_path / "killed")
     r = subprocess.run([sys.executable, WORKER, _spec(full)], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -93,7 +93,7 @@ def test_resume_after_sigkill_is_bit_identical(prep, tmp_path):
     assert p.poll() is None, f"the run ended before it could be killed: {p.stderr.read()}"
     p.send_signal(signal.SIGKILL); p.wait(timeout=30)
     step = load_checkpoint(last)["step"]
-    assert p.returncode == -signal.SIGKILL and 3 <= step < 12, step
+    assert p.returncode == -signal.SIGKILL and 2 <= step < 8, step
     r = subprocess.run([sys.executable, WORKER, _spec(killed, resume=True)], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr

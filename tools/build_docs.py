@@ -1,0 +1,803 @@
+"""Build the documentation site offline: nbdev's notebook processing, a small notebook→Markdown walker, mkdocs.
+
+Usage: python tools/build_docs.py [--out _docs] [--bench benchmarks/results] [--keep-md DIR] [--no-strict]
+                                  [--workers N] [--overwrite]
+
+1. `nbdev.serve.proc_nbs()` turns nbs/**/*.ipynb into _proc/ (show_doc cells rendered, export cells hidden,
+   frontmatter in a raw cell). Quarto is not involved. A notebook whose processing fails (nbdev executes every
+   cell that contains an import to render show_doc; a cell mixing imports with code that needs an earlier,
+   unexecuted cell fails) is processed again with only export, pure-import and show_doc cells executed, and the
+   build says which cell to fix.
+2. Every processed notebook becomes one Markdown page: frontmatter title → H1, description → lead paragraph,
+   `#| hide` / `#| include: false` cells dropped, `#| echo: false` sources hidden, outputs kept (text, Markdown,
+   HTML tables, PNG/SVG/JPEG images written next to the page). Inline TeX is rendered to HTML at build time;
+   formulas it cannot render stay as TeX source (no MathJax: the site loads nothing from the network).
+3. Pages: the landing page (index.ipynb), one API page per numbered notebook in pipeline order, the paper map,
+   Experiments (nbs/experiments/*.ipynb, when present) and Benchmarks (benchmarks/results/*.json|csv + figures).
+4. `mkdocs build --strict` (through mkdocs' Python API, so the navigation is computed here) into `--out`.
+
+It never executes a notebook from top to bottom: pages show the outputs saved in the notebooks.
+"""
+from __future__ import annotations
+
+import argparse, base64, html, json, os, posixpath, re, shutil, sys, tempfile, time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = ".patchddm-docs"  # written into every site this script builds; only such folders are replaced silently
+
+def _error(where: Any, problem: str) -> Exception:
+    "A `PatchDDMError` (imported lazily: patchddm.core imports torch)."
+    sys.path.insert(0, str(ROOT))
+    from patchddm.core import PatchDDMError
+    return PatchDDMError(where, problem)
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. nbdev processing
+# ---------------------------------------------------------------------------------------------------------------
+
+def source_notebooks(nbs: Path) -> list[Path]:
+    "The notebooks nbdev documents: nbs/**/*.ipynb, skipping names and folders starting with '_' or '.'."
+    out = []
+    for p in sorted(nbs.rglob("*.ipynb")):
+        rel = p.relative_to(nbs)
+        if any(part.startswith(("_", ".")) for part in rel.parts) or ".ipynb_checkpoints" in rel.parts: continue
+        out.append(p)
+    return out
+
+def _is_mixed(source: str) -> bool:
+    "True when a cell's top level holds imports and other statements (nbdev then executes all of it)."
+    import ast
+    lines = [l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))]
+    try: tree = ast.parse("\n".join(lines))
+    except SyntaxError: return False
+    kinds = {isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body}
+    return kinds == {True, False}
+
+def _fallback_process(src: Path, dst: Path, mode: str) -> None:
+    "Process one notebook like nbdev's proc_nbs, executing only export/pure-import/show_doc cells ('safe') or none."
+    from fastcore.nbio import read_nb, write_nb
+    from nbdev import processors as P
+
+    class _SafeExec(P.exec_show_docs):
+        "nbdev's show_doc executor, skipping cells that mix imports with other code."
+        def __call__(self, cell):
+            if cell.cell_type == "code" and not (cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}) \
+               and _is_mixed(cell.source): return
+            return super().__call__(cell)
+
+    class _Filter(P.FilterDefaults):
+        def base_procs(self):
+            procs = super().base_procs()
+            if mode == "safe": return [_SafeExec if p is P.exec_show_docs else p for p in procs]
+            return [p for p in procs if p is not P.exec_show_docs]
+
+    os.environ["IN_TEST"] = "1"
+    try:
+        nb = read_nb(src)
+        _Filter()(nb)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_nb(nb, dst)
+    finally:
+        os.environ.pop("IN_TEST", None)
+
+def _short(exc: BaseException) -> str:
+    "One line from nbdev's multi-line processing error: where it failed and the exception's last line."
+    text = str(exc).strip()
+    head = text.splitlines()[0] if text else type(exc).__name__
+    tail = text.splitlines()[-1] if text else ""
+    return head.rstrip(" :") + (f" ... {tail}" if tail and tail != head else "")
+
+def process_notebooks(root: Path = ROOT, workers: int | None = None, log=print) -> Path:
+    "Run `nbdev.serve.proc_nbs` into root/_proc; re-process failed notebooks with fewer executed cells. Returns _proc."
+    import warnings
+    from nbdev.serve import proc_nbs
+    nbs, proc = root / "nbs", root / "_proc"
+    # nbdev warns once per cell mixing imports and code, printing the whole cell; we summarise instead.
+    old_env = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"
+    warnings.filterwarnings("ignore", message="Found cells containing imports")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        try: proc_nbs(path=str(nbs), n_workers=workers if workers is not None else min(2, os.cpu_count() or 1))
+        except Exception as e:  # noqa: BLE001 - nbdev raises a bare Exception naming the notebook title and cell
+            log(f"docs: nbdev could not process a notebook: {_short(e)}")
+        for src in source_notebooks(nbs):
+            dst = proc / src.relative_to(nbs)
+            if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime: continue
+            mixed = [f"#{i} ({''.join(c['source']).strip().splitlines()[0][:40]!r})"
+                     for i, c in enumerate(json.loads(src.read_text())["cells"])
+                     if c["cell_type"] == "code" and _is_mixed("".join(c["source"]))]
+            rel = src.relative_to(root)
+            try:
+                _fallback_process(src, dst, "safe")
+                log(f"docs: {rel}: processed without executing its code cells that mix imports with other code "
+                    f"({', '.join(mixed) or 'none'}; 0-based); nbdev executes such cells to render show_doc: put "
+                    "the imports in a cell of their own")
+            except Exception as e:  # noqa: BLE001
+                _fallback_process(src, dst, "none")
+                log(f"docs: {rel}: API reference left out, its export cells fail to run: {_short(e)}")
+        proc.touch()
+    finally:
+        os.chdir(cwd)
+        if old_env is None: os.environ.pop("PYTHONWARNINGS", None)
+        else: os.environ["PYTHONWARNINGS"] = old_env
+    return proc
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. notebook → Markdown
+# ---------------------------------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
+MAX_STREAM_LINES = 400
+
+def cell_directives(source: str) -> tuple[dict[str, str], str]:
+    "nbdev/Quarto `#| key: value` directives of a code cell, and its source without those lines."
+    dirs, keep = {}, []
+    for line in source.splitlines():
+        m = _DIRECTIVE.match(line)
+        if m: dirs[m.group(1).lower()] = m.group(2).strip().lower()
+        else: keep.append(line)
+    return dirs, "\n".join(keep).strip("\n")
+
+def _fence(body: str, lang: str = "") -> str:
+    "A fenced code block around `body`, with a fence longer than any backtick run inside it."
+    n = max([3] + [len(m) + 1 for m in re.findall(r"`{3,}", body)])
+    return f"{'`' * n}{lang}\n{body.rstrip()}\n{'`' * n}"
+
+def _text(v: Any) -> str:
+    return "".join(v) if isinstance(v, list) else str(v)
+
+def _clean_stream(text: str) -> str:
+    "Strip ANSI colours, resolve carriage returns (progress bars) and cap very long streams."
+    text = _ANSI.sub("", text)
+    lines = [l.rsplit("\r", 1)[-1] for l in text.replace("\r\n", "\n").split("\n")]
+    if len(lines) > MAX_STREAM_LINES:
+        lines = lines[:MAX_STREAM_LINES] + [f"... ({len(lines) - MAX_STREAM_LINES} more lines in the notebook)"]
+    return "\n".join(lines)
+
+@dataclass
+class Rendered:
+    "One page: its Markdown, its files (relative path → bytes), its documented symbols (anchor ids)."
+    text: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)
+    title: str = ""
+    description: str = ""
+
+def _frontmatter(nb: dict) -> tuple[dict, list[dict]]:
+    "The YAML frontmatter of a processed notebook (its first raw cell between --- lines) and the other cells."
+    import yaml
+    cells = list(nb.get("cells", []))
+    if cells and cells[0].get("cell_type") == "raw":
+        src = _text(cells[0].get("source", "")).strip()
+        if src.startswith("---"):
+            body = src.strip("-\n ")
+            try: meta = yaml.safe_load(body) or {}
+            except yaml.YAMLError: meta = {}
+            if isinstance(meta, dict): return meta, cells[1:]
+    return {}, cells
+
+_SHOWDOC_HEAD = re.compile(r"^(#{2,4}) +([A-Za-z_][\w.]*)\s*$", re.M)
+
+def _showdoc_markdown(md: str, symbols: list[str]) -> str:
+    "show_doc's Markdown with its leading rule dropped and its heading given the symbol's name as anchor id."
+    md = re.sub(r"^\s*---\s*\n", "", md.strip("\n") + "\n", count=1)
+    def head(m):
+        symbols.append(m.group(2))
+        return f"{m.group(1)} {m.group(2)} {{ #{m.group(2)} .doc-symbol }}"
+    return _SHOWDOC_HEAD.sub(head, md, count=1)
+
+def render_output(out: dict, stem: str, key: str, files: dict[str, bytes], showdoc: bool,
+                  symbols: list[str]) -> str:
+    "Markdown for one Jupyter output; images are added to `files` under `<stem>_files/`."
+    kind = out.get("output_type")
+    if kind == "stream":
+        text = _clean_stream(_text(out.get("text", ""))).strip("\n")
+        if not text.strip(): return ""
+        cls = "nb-stderr" if out.get("name") == "stderr" else "nb-stdout"
+        return f'<div class="nb-output {cls}" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
+    if kind == "error":
+        text = f"{out.get('ename', 'Error')}: {_ANSI.sub('', out.get('evalue', ''))}"
+        return f'<div class="nb-output nb-error" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
+    data = out.get("data", {})
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return ('<div class="nb-output nb-widget" markdown="1">\n\n*An interactive widget: open the notebook '
+                'in JupyterLab to use it.*\n\n</div>')
+    for mime, ext in (("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg")):
+        if mime in data:
+            raw = _text(data[mime])
+            blob = raw.encode() if ext == "svg" else base64.b64decode(raw)
+            name = f"{stem}_files/{key}.{ext}"
+            files[name] = blob
+            return f'<div class="nb-output nb-figure" markdown="1">\n\n![output {key}]({posixpath.basename(stem)}_files/{key}.{ext})\n\n</div>'
+    if "text/markdown" in data:
+        md = _text(data["text/markdown"])
+        if showdoc: return f'<div class="doc-api" markdown="1">\n\n{_showdoc_markdown(md, symbols)}\n\n</div>'
+        return f'<div class="nb-output nb-markdown" markdown="1">\n\n{md.strip()}\n\n</div>'
+    if "text/html" in data:
+        body = _text(data["text/html"]).strip()
+        body = re.sub(r"^\s*\n", "", body, flags=re.M)  # a blank line would end the raw HTML block early
+        return f'<div class="nb-output nb-html">\n{body}\n</div>'
+    if "text/latex" in data: return _fence(_text(data["text/latex"]).strip(), "latex")
+    if "text/plain" in data:
+        text = _ANSI.sub("", _text(data["text/plain"])).strip("\n")
+        if not text: return ""
+        return f'<div class="nb-output nb-result" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
+    return ""
+
+def notebook_to_markdown(nb: dict, stem: str, title: str | None = None) -> Rendered:
+    "A processed notebook (dict, nbformat 4) → Rendered Markdown page named `stem` (images under `<stem>_files/`)."
+    meta, cells = _frontmatter(nb)
+    title = title or str(meta.get("title") or posixpath.basename(stem))
+    desc = str(meta.get("description") or "").strip()
+    files: dict[str, bytes] = {}
+    symbols: list[str] = []
+    parts = [f"# {title}"]
+    if desc: parts.append(f"{desc}\n{{: .lead }}")
+    for i, cell in enumerate(cells):
+        kind, src = cell.get("cell_type"), _text(cell.get("source", ""))
+        if kind == "markdown":
+            for name, mimes in (cell.get("attachments") or {}).items():
+                for mime, b64 in mimes.items():
+                    ext = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}.get(mime)
+                    if not ext: continue
+                    fname = f"{stem}_files/att{i}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
+                    files[fname] = _text(b64).encode() if ext == "svg" else base64.b64decode(_text(b64))
+                    src = src.replace(f"attachment:{name}", posixpath.basename(fname).join(
+                        [f"{posixpath.basename(stem)}_files/", ""]))
+            if src.strip(): parts.append(src.strip("\n"))
+            continue
+        if kind != "code": continue
+        dirs, body = cell_directives(src)
+        if "hide" in dirs or dirs.get("include") == "false": continue
+        showdoc = bool(re.search(r"^show_doc\(", body, re.M))
+        if dirs.get("echo") != "false" and body.strip() and not showdoc: parts.append(_fence(body, "python"))
+        if dirs.get("output") == "false": continue
+        outs = list(cell.get("outputs", []))
+        merged: list[dict] = []  # consecutive stream outputs of the same name read as one block
+        for o in outs:
+            if merged and o.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+               and merged[-1].get("name") == o.get("name"):
+                merged[-1] = {**merged[-1], "text": _text(merged[-1]["text"]) + _text(o.get("text", ""))}
+            else: merged.append(dict(o))
+        for k, o in enumerate(merged):
+            md = render_output(o, stem, f"cell{i}_{k}", files, showdoc, symbols)
+            if md: parts.append(md)
+    text = "\n\n".join(parts) + "\n"
+    return Rendered(text=text, files=files, symbols=symbols, title=title, description=desc)
+
+# ---- Markdown post-processing: math, links, symbol cross-references -------------------------------------------
+
+_FENCE_OPEN = re.compile(r"^(\s*)(`{3,}|~{3,})")
+
+def split_code(md: str) -> list[tuple[bool, str]]:
+    "Split Markdown into (is_code, text) pieces: fenced blocks and inline code spans are code."
+    pieces: list[tuple[bool, str]] = []
+    buf: list[str] = []
+    fence: str | None = None
+    for line in md.splitlines(keepends=True):
+        m = _FENCE_OPEN.match(line)
+        if fence is None and m:
+            if buf: pieces.append((False, "".join(buf))); buf = []
+            fence = m.group(2); buf.append(line)
+        elif fence is not None:
+            buf.append(line)
+            if line.strip().startswith(fence) and line.strip().strip(fence[0]) == "":
+                pieces.append((True, "".join(buf))); buf = []; fence = None
+        else: buf.append(line)
+    if buf: pieces.append((fence is not None, "".join(buf)))
+    out: list[tuple[bool, str]] = []
+    for is_code, text in pieces:
+        if is_code: out.append((True, text)); continue
+        pos = 0
+        for m in re.finditer(r"(?<!\\)(`+)(?!`)(.+?)(?<!`)\1(?!`)", text, flags=re.S):
+            if m.start() > pos: out.append((False, text[pos:m.start()]))
+            out.append((True, m.group(0))); pos = m.end()
+        if pos < len(text): out.append((False, text[pos:]))
+    return out
+
+def map_text(md: str, fn) -> str:
+    "Apply `fn` to the non-code parts of Markdown `md`."
+    return "".join(t if code else fn(t) for code, t in split_code(md))
+
+# A small TeX → HTML renderer for the formulas prose uses ($x_t$, $\bar\alpha_t$, $\mathcal{N}(0, I)$ ...).
+# Anything it does not know (environments, unknown commands) makes it give up, and the formula is shown as TeX.
+_GREEK = dict(alpha="α", beta="β", gamma="γ", delta="δ", epsilon="ϵ", varepsilon="ε", zeta="ζ", eta="η",
+              theta="θ", vartheta="ϑ", iota="ι", kappa="κ", lambda_="λ", mu="μ", nu="ν", xi="ξ", pi="π", rho="ρ",
+              sigma="σ", tau="τ", upsilon="υ", phi="ϕ", varphi="φ", chi="χ", psi="ψ", omega="ω", Gamma="Γ",
+              Delta="Δ", Theta="Θ", Lambda="Λ", Xi="Ξ", Pi="Π", Sigma="Σ", Phi="Φ", Psi="Ψ", Omega="Ω")
+_GREEK["lambda"] = _GREEK.pop("lambda_")
+_SYMBOLS = dict(le="≤", leq="≤", ge="≥", geq="≥", ne="≠", neq="≠", approx="≈", sim="∼", simeq="≃", propto="∝",
+                equiv="≡", **{"in": "∈"}, notin="∉", subset="⊂", subseteq="⊆", cup="∪", cap="∩", times="×",
+                cdot="·", pm="±", mp="∓", infty="∞", to="→", rightarrow="→", leftarrow="←", Rightarrow="⇒",
+                Leftrightarrow="⇔", mapsto="↦", sum="∑", prod="∏", int="∫", partial="∂", nabla="∇", ldots="…",
+                dots="…", cdots="⋯", mid="∣", lvert="|", rvert="|", lVert="‖", rVert="‖", langle="⟨",
+                rangle="⟩", forall="∀", exists="∃", neg="¬", land="∧", lor="∨", circ="∘", ast="∗", star="⋆",
+                log="log", exp="exp", min="min", max="max", arg="arg", sin="sin", cos="cos", tan="tan", det="det",
+                argmin="argmin", argmax="argmax", lfloor="⌊", rfloor="⌋", lceil="⌈", rceil="⌉")
+_SPACES = {",": "\u2009", ";": "\u2005", ":": "\u2005", "quad": "\u2003", "qquad": "\u2003\u2003", "!": "",
+           " ": " "}
+_ESCAPED = {"{": "{", "}": "}", "_": "_", "%": "%", "$": "$", "&": "&", "#": "#", "|": "‖"}
+_ACCENTS = dict(bar="\u0304", overline="\u0305", hat="\u0302", widehat="\u0302", tilde="\u0303",
+                widetilde="\u0303", dot="\u0307", ddot="\u0308", vec="\u20d7")
+_SCRIPT_HOLES = dict(B="ℬ", E="ℰ", F="ℱ", H="ℋ", I="ℐ", L="ℒ", M="ℳ", R="ℛ", e="ℯ", g="ℊ", o="ℴ")
+_BB_HOLES = dict(C="ℂ", H="ℍ", N="ℕ", P="ℙ", Q="ℚ", R="ℝ", Z="ℤ")
+
+class _TexUnsupported(Exception): pass
+
+def _alnum_map(text: str, upper0: int, lower0: int, holes: dict[str, str]) -> str:
+    "Map ASCII letters to a Unicode mathematical alphabet starting at `upper0`/`lower0`."
+    out = []
+    for ch in text:
+        if ch in holes: out.append(holes[ch])
+        elif "A" <= ch <= "Z": out.append(chr(upper0 + ord(ch) - 65))
+        elif "a" <= ch <= "z" and lower0: out.append(chr(lower0 + ord(ch) - 97))
+        else: out.append(ch)
+    return "".join(out)
+
+_REL = {"=", "≤", "≥", "≠", "≈", "∼", "≃", "∝", "≡", "∈", "∉", "⊂", "⊆", "→", "←", "⇒", "⇔", "↦", "&lt;", "&gt;", ":="}
+_BIN = {"+", "−", "×", "·", "±", "∓", "∪", "∩", "∘"}
+
+class _Tex:
+    "Recursive-descent renderer of a TeX subset to HTML (italic letters, <sub>/<sup>, Unicode symbols, cases)."
+    def __init__(self, src: str, display: bool = False):
+        self.toks = re.findall(r"\\[A-Za-z]+|\\.|[A-Za-z]+|\d+(?:\.\d+)?|:=|\s+|.", src, flags=re.S)
+        self.i, self.display, self.stopped = 0, display, None
+
+    def peek(self): return self.toks[self.i] if self.i < len(self.toks) else None
+    def take(self):
+        t = self.peek(); self.i += 1; return t
+
+    def group_raw(self) -> str:
+        "The raw text of the next {...} group (for \\text)."
+        while self.peek() is not None and self.peek().isspace(): self.take()
+        if self.take() != "{": raise _TexUnsupported("expected {")
+        depth, out = 1, []
+        while True:
+            t = self.take()
+            if t is None: raise _TexUnsupported("unbalanced {")
+            if t == "{": depth += 1
+            elif t == "}":
+                depth -= 1
+                if depth == 0: return "".join(out)
+            out.append(t)
+
+    def arg(self) -> str:
+        "One argument: a {group} or a single token, rendered."
+        while self.peek() is not None and self.peek().isspace(): self.take()
+        t = self.peek()
+        if t is None: raise _TexUnsupported("missing argument")
+        if t == "{":
+            self.take(); return self.seq(until=("}",))
+        if re.fullmatch(r"[A-Za-z]+", t) and len(t) > 1:  # one letter of a run: x_tx → x_t x
+            self.toks[self.i] = t[1:]; return f"<i>{t[0]}</i>"
+        return self.atom()
+
+    def atom(self) -> str:
+        t = self.take()
+        if t is None: raise _TexUnsupported("unexpected end")
+        if t == "{": return self.seq(until=("}",))
+        if t in ("}", "&", "\\\\"): raise _TexUnsupported(t)
+        if t.isspace(): return ""
+        if re.fullmatch(r"[A-Za-z]+", t): return f"<i>{t}</i>"
+        if t[0] == "\\": return self.command(t[1:])
+        if t in "^_": raise _TexUnsupported("dangling script")
+        return {"-": "−", "*": "∗", "'": "′", "<": "&lt;", ">": "&gt;", "~": "\u00a0", ",": ",\u2009",
+                ";": ";\u2005"}.get(t, html.escape(t))
+
+    def cases(self) -> str:
+        "\\begin{cases} rows (value & condition \\\\ ...) \\end{cases} as a brace and a two-column table."
+        rows = []
+        while True:
+            cells = [self.seq(until=("&", "\\\\", "\\end"))]
+            while self.stopped == "&": cells.append(self.seq(until=("&", "\\\\", "\\end")))
+            if any(c.strip() for c in cells): rows.append(cells)
+            if self.stopped == "\\end":
+                if self.group_raw().strip() != "cases": raise _TexUnsupported("\\end")
+                break
+        body = "".join('<span class="math-row">' + "".join(f"<span>{c}</span>" for c in r) + "</span>" for r in rows)
+        return (f'<span class="math-cases"><span class="math-brace" style="font-size:{1 + 0.9 * len(rows):.1f}em">'
+                f'{{</span><span class="math-rows">{body}</span></span>')
+
+    def command(self, name: str) -> str:
+        if name in _GREEK: return _GREEK[name] if name[0].isupper() else f"<i>{_GREEK[name]}</i>"
+        if name in _SYMBOLS: return _SYMBOLS[name]
+        if name in _SPACES: return _SPACES[name]
+        if name in _ESCAPED: return html.escape(_ESCAPED[name])
+        if name in ("left", "right", "big", "Big", "bigg", "Bigg", "bigl", "bigr", "Bigl", "Bigr", "displaystyle"):
+            if name in ("left", "right") and self.peek() == ".": self.take()
+            return ""
+        if name in _ACCENTS:
+            inner = self.arg()
+            plain = re.sub(r"<[^>]+>", "", inner)
+            if len(plain) == 1: return inner.replace(plain, plain + _ACCENTS[name])
+            return f'<span class="math-over">{inner}</span>'
+        if name in ("text", "textrm", "mathrm", "operatorname", "textnormal", "mbox"):
+            return f'<span class="math-up">{html.escape(self.group_raw())}</span>'
+        if name in ("textit", "mathit"): return f"<i>{html.escape(self.group_raw())}</i>"
+        if name in ("mathbf", "textbf", "boldsymbol", "bm"): return f"<b>{self.arg()}</b>"
+        if name == "mathcal": return _alnum_map(self.group_raw().strip(), 0x1D49C, 0, _SCRIPT_HOLES)
+        if name == "mathbb": return _alnum_map(self.group_raw().strip(), 0x1D538, 0, _BB_HOLES)
+        if name in ("frac", "dfrac", "tfrac"):
+            num, den = self.arg(), self.arg()
+            if self.display:
+                return f'<span class="math-frac"><span>{num}</span><span>{den}</span></span>'
+            wrap = lambda s: s if len(re.sub(r"<[^>]+>", "", s)) <= 1 else f"({s})"
+            return f"{wrap(num)}/{wrap(den)}"
+        if name == "sqrt": return f'√<span class="math-over">{self.arg()}</span>'
+        if name == "begin":
+            if self.group_raw().strip() != "cases": raise _TexUnsupported("environment")
+            return self.cases()
+        raise _TexUnsupported(name)
+
+    def seq(self, until: tuple = ()) -> str:
+        "Render tokens up to one in `until` (consumed; kept in self.stopped) or, if `until` is empty, the end."
+        out: list[str] = []
+        while True:
+            t = self.peek()
+            if t is None:
+                if until: raise _TexUnsupported("unbalanced group")
+                self.stopped = None
+                return "".join(out)
+            if t in until:
+                self.take(); self.stopped = t
+                return "".join(out)
+            if t in ("_", "^"):
+                self.take()
+                if not out: raise _TexUnsupported("script without base")
+                tag = "sub" if t == "_" else "sup"
+                out[-1] += f"<{tag}>{self.arg()}</{tag}>"
+                continue
+            if re.fullmatch(r"[A-Za-z]+", t) and len(t) > 1:  # a run of letters: each its own atom for scripts
+                self.take(); out.extend(f"<i>{c}</i>" for c in t); continue
+            a = self.atom()
+            if a in _REL and out: a = f"\u2005{a}\u2005"
+            elif a in _BIN and out and not re.sub(r"<[^>]+>|\s", "", out[-1]).endswith(("(", "[", ",", "=")) \
+                    and out[-1].strip(): a = f"\u2009{a}\u2009"
+            if a: out.append(a)
+
+def tex_to_html(tex: str, display: bool = False) -> str | None:
+    "HTML for a TeX formula of the supported subset (stacked fractions when `display`), or None otherwise."
+    try: body = _Tex(tex.strip(), display).seq()
+    except (_TexUnsupported, RecursionError): return None
+    body = re.sub(r"</i><i>", "", body)
+    return body.replace("*", "&#42;").replace("_", "&#95;").replace("\\", "&#92;").replace("[", "&#91;") \
+               .replace("]", "&#93;").replace("`", "&#96;")
+
+_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE = re.compile(r"(?<![\\$\w])\$(?![\s$])([^$\n]+?)(?<![\s\\])\$(?![\w$])")
+
+def convert_math(md: str) -> str:
+    "Render $…$ and $$…$$ outside code as HTML (see `tex_to_html`); unsupported formulas stay visible as TeX."
+    def display(m):
+        tex = m.group(1).strip()
+        h = tex_to_html(tex, display=True)
+        if h is not None: return f'\n\n<div class="math-display"><span class="math">{h}</span></div>\n\n'
+        return "\n\n" + _fence(tex, "latex") + "\n\n"
+    def inline(m):
+        h = tex_to_html(m.group(1))
+        if h is not None: return f'<span class="math">{h}</span>'
+        return f'<code class="math-tex">{html.escape(m.group(1))}</code>'
+    # $$ blocks may contain TeX that split_code would read as code spans (rare); handle them on the raw text.
+    pieces = split_code(md)
+    joined = "".join(("\0" + str(i) + "\0") if code else t for i, (code, t) in enumerate(pieces))
+    joined = _DISPLAY.sub(display, joined)
+    joined = _INLINE.sub(inline, joined)
+    return re.sub(r"\0(\d+)\0", lambda m: pieces[int(m.group(1))][1], joined)
+
+_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+
+def rewrite_links(md: str, page: str, pages_by_source: dict[str, str], pages: set[str]) -> str:
+    "Point links at notebooks (`x.ipynb#a`) or nbdev pages (`x.html#a`) to the site's Markdown pages."
+    here = posixpath.dirname(page)
+    def fix(m):
+        target = m.group(2)
+        if re.match(r"^[a-z]+:|^#|^/", target): return m.group(0)
+        path, _, anchor = target.partition("#")
+        cand = posixpath.normpath(posixpath.join(here, path))
+        new = None
+        if path.endswith(".ipynb"): new = pages_by_source.get(cand)
+        elif path.endswith(".html") and cand[:-5] + ".md" in pages: new = cand[:-5] + ".md"
+        if new is None: return m.group(0)
+        rel = posixpath.relpath(new, here or ".")
+        return f"{m.group(1)}{rel}{'#' + anchor if anchor else ''}{m.group(3)}"
+    return map_text(md, lambda t: _LINK.sub(fix, t))
+
+def linkify(md: str, page: str, targets: dict[str, str]) -> str:
+    "Turn `name` code spans that name a documented symbol (or module) into links to its anchor."
+    here = posixpath.dirname(page)
+    out = []
+    pieces = split_code(md)
+    for j, (code, t) in enumerate(pieces):
+        prev = pieces[j - 1][1] if j else ""
+        nxt = pieces[j + 1][1] if j + 1 < len(pieces) else ""
+        m = re.fullmatch(r"`([\w.]+)(\(\))?`", t) if code else None
+        in_link = prev.endswith("[") or nxt.startswith("](")
+        heading = prev.rsplit("\n", 1)[-1].lstrip().startswith("#")
+        if m and not in_link and not heading and m.group(1) in targets:
+            dest = targets[m.group(1)]
+            path, _, anchor = dest.partition("#")
+            rel = posixpath.relpath(path, here or ".") if path != page else ""
+            out.append(f"[{t}]({rel}{'#' + anchor if anchor else ''})")
+        else: out.append(t)
+    return "".join(out)
+
+def link_targets(symbols: dict[str, list[str]], modules: dict[str, str]) -> dict[str, str]:
+    "Names → 'page.md#anchor': `sym`, `module.sym`, `patchddm.module.sym` (bare names only where unique)."
+    targets: dict[str, str] = {}
+    bare: dict[str, list[str]] = {}
+    for page, syms in symbols.items():
+        mod = posixpath.splitext(posixpath.basename(page))[0]
+        for s in syms:
+            dest = f"{page}#{s}"
+            targets[f"{mod}.{s}"] = targets[f"patchddm.{mod}.{s}"] = dest
+            bare.setdefault(s, []).append(dest)
+    for s, dests in bare.items():
+        if len(set(dests)) == 1: targets.setdefault(s, dests[0])
+    for name, page in modules.items(): targets.setdefault(name, page)
+    return targets
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Benchmarks page
+# ---------------------------------------------------------------------------------------------------------------
+
+MAX_TABLE_ROWS = 200
+
+def _cell(v: Any) -> str:
+    "A value as a Markdown table cell."
+    if isinstance(v, float): s = f"{v:.4g}"
+    elif isinstance(v, (list, tuple)):
+        s = ", ".join(_cell(x) for x in v[:8]) + (f", … ({len(v)} values)" if len(v) > 8 else "")
+    elif isinstance(v, dict): s = json.dumps(v)[:200]
+    elif v is None: s = ""
+    else: s = str(v)
+    return s.replace("|", "\\|").replace("\n", " ")
+
+def md_table(columns: list[str], rows: list[list[Any]]) -> str:
+    "A Markdown table (at most MAX_TABLE_ROWS rows, then a note)."
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows[:MAX_TABLE_ROWS]: lines.append("| " + " | ".join(_cell(v) for v in r) + " |")
+    if len(rows) > MAX_TABLE_ROWS: lines.append(f"\n*… {len(rows) - MAX_TABLE_ROWS} more rows in the file.*")
+    return "\n".join(lines)
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    "Nested dict → {'a.b': value}."
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_flat(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def json_tables(obj: Any, name: str = "") -> tuple[list[tuple[str, list[str], list[list]]], dict[str, Any]]:
+    "Generic JSON → ([(caption, columns, rows)], {dotted key: scalar}): lists of objects and dicts of objects become tables."
+    tables: list[tuple[str, list[str], list[list]]] = []
+    scalars: dict[str, Any] = {}
+    def is_scalar(v): return not isinstance(v, (dict, list))
+    def records(recs):
+        flat = [_flat(r) for r in recs]
+        cols: list[str] = []
+        for r in flat: cols += [k for k in r if k not in cols]
+        return cols, [[r.get(c) for c in cols] for r in flat]
+    def walk(o, path):
+        key = ".".join(path)
+        if isinstance(o, list) and o and all(isinstance(x, dict) for x in o):
+            tables.append((key or name, *records(o)))
+        elif isinstance(o, dict) and o and all(isinstance(v, dict) and v for v in o.values()) \
+                and all(all(is_scalar(x) or isinstance(x, dict) for x in v.values()) for v in o.values()):
+            tables.append((key or name, *records([{"": k, **v} for k, v in o.items()])))
+        elif isinstance(o, dict) and o:
+            for k, v in o.items(): walk(v, path + [str(k)])
+        else: scalars[key or name] = o
+    walk(obj, [])
+    return tables, scalars
+
+def benchmarks_page(results: Path, stem: str = "benchmarks") -> Rendered:
+    "The Benchmarks page: one section per result name (X.json, X.csv, X.png/svg under `results`), tables + figures."
+    parts = ["# Benchmarks",
+             "Measurements written by the scripts in `benchmarks/` (`make bench`) into `benchmarks/results/`, "
+             "rendered as they are: one section per benchmark, its figure, its tables, then the machine and "
+             "setup it ran on.\n{: .lead }"]
+    files: dict[str, bytes] = {}
+    found = sorted(p for p in results.rglob("*") if p.is_file() and p.suffix.lower() in
+                   (".json", ".csv", ".png", ".svg")) if results.is_dir() else []
+    if not found:
+        parts.append("*No results yet: run `make bench` to measure memory and time, then rebuild the docs.*")
+    groups: dict[str, list[Path]] = {}
+    for p in found: groups.setdefault(p.relative_to(results).with_suffix("").as_posix(), []).append(p)
+    for name, paths in groups.items():
+        parts.append(f"## {name}")
+        by_ext = {p.suffix.lower(): p for p in paths}
+        json_tabs, scalars, n_json_rows = [], {}, set()
+        if ".json" in by_ext:
+            shown = f"benchmarks/results/{name}.json"
+            try: obj = json.loads(by_ext[".json"].read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise _error(shown, f"not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("description"), str):
+                parts.append(obj["description"])
+                obj = {k: v for k, v in obj.items() if k != "description"}
+            json_tabs, scalars = json_tables(obj, name)
+            n_json_rows = {(len(rows), tuple(cols)) for _, cols, rows in json_tabs}
+        for ext in (".png", ".svg"):
+            if ext in by_ext:
+                fname = f"{stem}_files/{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}{ext}"
+                files[fname] = by_ext[ext].read_bytes()
+                parts.append(f'<div class="nb-output nb-figure" markdown="1">\n\n![{name}]'
+                             f'({posixpath.basename(stem)}_files/{posixpath.basename(fname)})\n\n</div>')
+        for cap, cols, rows in json_tabs:
+            parts.append(f"**{cap}** (from `{name}.json`)")
+            parts.append(md_table(cols, rows))
+        if ".csv" in by_ext:
+            import pandas as pd
+            try: df = pd.read_csv(by_ext[".csv"])
+            except Exception as e:  # noqa: BLE001 - pandas raises several parser errors
+                raise _error(f"benchmarks/results/{name}.csv", f"not a readable CSV ({e.__class__.__name__})") from None
+            if (len(df), tuple(str(c) for c in df.columns)) in n_json_rows:
+                parts.append(f"*The rows are also in `{name}.csv`.*")
+            else:
+                parts.append(f"**{posixpath.basename(name)}.csv**")
+                parts.append(md_table([str(c) for c in df.columns],
+                                      df.astype(object).where(df.notna(), None).values.tolist()))
+        if scalars:
+            table = md_table(["key", "value"], [[k, v] for k, v in scalars.items()])
+            parts.append('??? info "Machine, setup and other values"\n\n' + "\n".join("    " + l for l in table.splitlines()))
+    return Rendered(text="\n\n".join(parts) + "\n", files=files, title="Benchmarks")
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. assemble and build
+# ---------------------------------------------------------------------------------------------------------------
+
+def page_name(nb_rel: str, meta: dict) -> str:
+    "Site path of a notebook's page: nbdev's `output-file` stem (core.md for 00_core.ipynb) in the notebook's folder."
+    folder = posixpath.dirname(nb_rel)
+    out = str(meta.get("output-file") or "")
+    stem = posixpath.splitext(out)[0] if out else posixpath.splitext(posixpath.basename(nb_rel))[0]
+    return posixpath.join(folder, stem + ".md") if folder else stem + ".md"
+
+@dataclass
+class Site:
+    "Pages (path → Rendered) and the mkdocs navigation."
+    pages: dict[str, Rendered]
+    nav: list
+    warnings: list[str]
+
+def assemble(proc: Path, nbs: Path, bench_results: Path) -> Site:
+    "Render every processed notebook plus the Benchmarks page; cross-link them; return pages and nav."
+    pages: dict[str, Rendered] = {}
+    by_source: dict[str, str] = {}
+    warnings: list[str] = []
+    for src in source_notebooks(nbs):
+        rel = src.relative_to(nbs).as_posix()
+        pnb = proc / rel
+        if not pnb.exists():
+            warnings.append(f"{rel}: no processed copy in _proc/, page left out"); continue
+        nb = json.loads(pnb.read_text())
+        meta, _ = _frontmatter(nb)
+        page = page_name(rel, meta)
+        if page in pages:
+            raise _error(f"nbs/{rel}", f"its page {page} clashes with another notebook's (set a different title)")
+        pages[page] = notebook_to_markdown(nb, posixpath.splitext(page)[0])
+        by_source[rel] = page
+    if "benchmarks.md" in pages: raise _error("nbs/", "a notebook's page is named benchmarks.md, which the site needs")
+    pages["benchmarks.md"] = benchmarks_page(bench_results)
+    modules = {}
+    for rel, page in by_source.items():
+        if "/" in rel: continue
+        stem = posixpath.splitext(page)[0]
+        modules[f"patchddm.{stem}"] = page
+        modules[posixpath.splitext(rel)[0]] = page  # `00_core` in the landing page's layout table
+    targets = link_targets({p: r.symbols for p, r in pages.items()}, modules)
+    names = set(pages)
+    for page, r in pages.items():
+        text = rewrite_links(r.text, page, by_source, names)
+        text = convert_math(text)
+        r.text = linkify(text, page, targets)
+    # navigation: landing page, API pages in pipeline (file-name) order, paper map, experiments, benchmarks
+    nav: list = []
+    if "index.ipynb" in by_source: nav.append({"Home": by_source["index.ipynb"]})
+    top = [rel for rel in by_source if "/" not in rel and rel not in ("index.ipynb", "paper_map.ipynb")]
+    numbered = [rel for rel in top if re.match(r"^\d", rel)]
+    other = [rel for rel in top if rel not in numbered]
+    if numbered: nav.append({"API": [{pages[by_source[r]].title: by_source[r]} for r in numbered]})
+    if "paper_map.ipynb" in by_source: nav.append({"Paper map": by_source["paper_map.ipynb"]})
+    for rel in other: nav.append({pages[by_source[rel]].title: by_source[rel]})
+    exps = [rel for rel in by_source if rel.startswith("experiments/")]
+    if exps: nav.append({"Experiments": [{pages[by_source[r]].title: by_source[r]} for r in exps]})
+    nav.append({"Benchmarks": "benchmarks.md"})
+    return Site(pages=pages, nav=nav, warnings=warnings)
+
+def write_stage(site: Site, stage: Path, assets: Path) -> None:
+    "Write the Markdown pages, their files and the static assets (docs_src/) into the mkdocs docs folder `stage`."
+    if assets.is_dir(): shutil.copytree(assets, stage, dirs_exist_ok=True)
+    for page, r in site.pages.items():
+        (stage / page).parent.mkdir(parents=True, exist_ok=True)
+        (stage / page).write_text(r.text)
+        for name, blob in r.files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            (stage / name).write_bytes(blob)
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    "Refuse to replace a folder that is not a previous build of this script (unless `overwrite`)."
+    if not out.exists(): return
+    if not out.is_dir(): raise _error(out, "exists and is not a folder")
+    if (out / MARKER).exists() or not any(out.iterdir()) or overwrite: return
+    raise _error(out, "exists and is not a site built by tools/build_docs.py (pass --overwrite to replace it)")
+
+def mkdocs_build(stage: Path, site_dir: Path, nav: list, strict: bool, config: Path) -> None:
+    "Run mkdocs' build on the staged pages; warnings print, and fail the build when `strict`."
+    import logging
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+    from mkdocs.exceptions import Abort, ConfigurationError
+    log = logging.getLogger("mkdocs")
+    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_docs", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr); h.setLevel(logging.WARNING); h._docs = True
+        h.setFormatter(logging.Formatter("mkdocs %(levelname)s: %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.WARNING)
+    try:
+        cfg = load_config(str(config), docs_dir=str(stage), site_dir=str(site_dir), nav=nav, strict=strict)
+        build(cfg)
+    except (Abort, ConfigurationError) as e:
+        raise _error(config.name, f"mkdocs build failed: {e}") from None
+
+def build_site(out: Path | str = ROOT / "_docs", strict: bool = True, workers: int | None = None,
+               keep_md: Path | str | None = None, overwrite: bool = False, root: Path = ROOT,
+               bench: Path | str | None = None, log=print) -> dict:
+    "Process the notebooks, render the pages and build the site into `out` (replaced only when complete)."
+    t0 = time.time()
+    out = Path(out).resolve()
+    _check_out(out, overwrite)
+    proc = process_notebooks(root, workers, log=log)
+    t1 = time.time()
+    site = assemble(proc, root / "nbs", Path(bench) if bench else root / "benchmarks" / "results")
+    for w in site.warnings: log(f"docs: {w}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="patchddm-docs-md-") as stage_s:
+        stage = Path(stage_s)
+        write_stage(site, stage, root / "docs_src")
+        if keep_md:
+            keep = Path(keep_md)
+            if keep.exists(): shutil.rmtree(keep)
+            shutil.copytree(stage, keep)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            mkdocs_build(stage, tmp, site.nav, strict, root / "mkdocs.yml")
+            (tmp / MARKER).write_text("built by tools/build_docs.py\n")
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old); tmp.rename(out); shutil.rmtree(old)
+            else: tmp.rename(out)
+        finally:
+            if tmp.exists(): shutil.rmtree(tmp)
+    t2 = time.time()
+    return dict(out=str(out), pages=sorted(site.pages), seconds=round(t2 - t0, 1),
+                proc_seconds=round(t1 - t0, 1), render_seconds=round(t2 - t1, 1))
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Build the patchddm documentation site (offline) into --out.")
+    ap.add_argument("--out", default=str(ROOT / "_docs"), help="site folder (default: _docs)")
+    ap.add_argument("--no-strict", action="store_true", help="do not fail on mkdocs warnings (broken links ...)")
+    ap.add_argument("--workers", type=int, default=None, help="processes for nbdev's notebook processing")
+    ap.add_argument("--keep-md", default=None, help="also copy the generated Markdown pages to this folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a docs build")
+    ap.add_argument("--bench", default=None, help="benchmark results folder (default: benchmarks/results)")
+    a = ap.parse_args(argv)
+    try:
+        info = build_site(a.out, strict=not a.no_strict, workers=a.workers, keep_md=a.keep_md, overwrite=a.overwrite,
+                          bench=a.bench)
+    except Exception as e:
+        if type(e).__name__ != "PatchDDMError": raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"docs: {len(info['pages'])} pages in {info['out']} ({info['seconds']} s: nbdev processing "
+          f"{info['proc_seconds']} s, pages + mkdocs {info['render_seconds']} s)")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
