@@ -39,3 +39,15 @@ export: $(STAMP)
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
 	$(PY) tools/make_readme.py
+
+docs: $(STAMP)  ## documentation site into _docs/ (offline; view with: python -m http.server -d _docs)
+	$(PY) tools/build_docs.py --out _docs --overwrite
+
+docs-check: $(STAMP)
+	$(BIN)/pytest -q -m slow tests/test_docs.py
+
+bench: $(STAMP)  ## memory/speed benchmarks → benchmarks/results/
+	$(PY) benchmarks/run_all.py
+
+ablations: $(STAMP)  ## the paper's ablation grid at CPU scale (papermill) → results/ablations/
+	$(BIN)/patchddm ablate results/ablations

@@ -51,7 +51,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     if run_dir is not None:
         from patchddm.data import PreparedDataset
         from patchddm.train import load_run
-        r = load_run(run_dir, device="cpu")
+        r = load_run(M.checkpoint_of(run_dir), device="cpu")
         prep = Path(r.config.prep_dir)
         ds = PreparedDataset(prep)
         test = ds.split("test") or ds.case_ids
@@ -120,7 +120,7 @@ def _dice_study(run_dir: Path, window: int, steps: int, cases: int, overlap: flo
     from patchddm.data import PreparedDataset
     from patchddm.evaluate import segment_volume
     from patchddm.train import load_run
-    r = load_run(run_dir, device=device)
+    r = load_run(M.checkpoint_of(run_dir), device=device)
     ds = PreparedDataset(r.config.prep_dir)
     ids = (ds.split("test") or ds.case_ids)[:cases]
     per = []

@@ -140,9 +140,18 @@ def build_model(m: dict, info: dict):
         return net, kw["in_channels"], 2 ** (len(kw["channels"]) - 1)
     if m["kind"] == "run":
         from patchddm.train import load_run
-        run = load_run(m["path"], device="cpu", which=m.get("which", "best"))
+        run = load_run(checkpoint_of(m["path"]), device="cpu")
         return run.model, run.model.cfg.in_ch, run.model.cfg.multiple
     raise ValueError(f"unknown model kind {m['kind']!r}")
+
+
+def checkpoint_of(run_dir: str | Path) -> Path:
+    "RUN/best.pt, else RUN/last.pt (a run that never validated), else the path itself (a checkpoint file)."
+    p = Path(run_dir)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file(): return p / name
+    return p
 
 
 def untrained(cfg_dict: dict, seed: int = 0):
@@ -169,7 +178,7 @@ def inference_call(spec: dict, dev):
     if a["model"]["kind"] == "run":
         from patchddm.data import PreparedDataset
         from patchddm.train import load_run
-        run = load_run(a["model"]["path"], device=str(dev), which=a["model"].get("which", "best"))
+        run = load_run(checkpoint_of(a["model"]["path"]), device=str(dev))
         model, diffusion, mode = run.model, run.diffusion, run.mode
         ds = PreparedDataset(a["prep"])
         image = torch.from_numpy(np.asarray(ds.load(a["case"])[0], dtype=np.float32))[None]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device
 
+import measure as M
 import report
 
 NAME = "quality"
@@ -38,13 +39,14 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     from patchddm.diffusion import nfe
     from patchddm.evaluate import sampling_study
     from patchddm.train import load_run
-    r = load_run(run_dir, device=device)
+    ckpt = M.checkpoint_of(run_dir)
+    r = load_run(ckpt, device=device)
     ds = PreparedDataset(r.config.prep_dir)
     ids = (ds.split("test") or ds.case_ids)[:1 if quick else cases]
     steps = steps or (QUICK_STEPS if quick else STEPS)
     frames = []
     for solver, ks in steps.items():
-        df = sampling_study(run_dir, r.config.prep_dir, solvers=(solver,), steps=tuple(ks), n_max=1, seed=seed,
+        df = sampling_study(ckpt, r.config.prep_dir, solvers=(solver,), steps=tuple(ks), n_max=1, seed=seed,
                             case_ids=ids, device=device, progress=False)
         frames.append(df)
         for k in ks:

@@ -10,7 +10,7 @@ Each measurement runs in a fresh subprocess. Targets are reported, never asserte
 """
 from __future__ import annotations
 
-import argparse, sys, time, traceback
+import argparse, json, sys, time, traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +23,21 @@ import inference, memory_options, monai_compare, patch_vs_full, quality, report,
 BENCHMARKS = {m.NAME: m for m in (patch_vs_full, skips, memory_options, monai_compare, inference, quality)}
 README = HERE / "README.md"
 MARK_BEGIN, MARK_END = "<!-- results:begin (written by run_all.py --readme) -->", "<!-- results:end -->"
+
+
+def find_run(spec: str, quick: bool) -> Path | None:
+    "The run folder named by --run: a path, 'none', or 'auto' (the demo's run folder, if it holds a checkpoint)."
+    if spec == "none": return None
+    if spec == "auto":
+        if quick: return None
+        from patchddm.core import load_settings
+        try: demo = load_settings().results_dir / "demo" / "run"
+        except PatchDDMError: return None
+        return demo if any((demo / f).is_file() for f in ("best.pt", "last.pt")) else None
+    p = Path(spec)
+    if not p.is_dir(): raise PatchDDMError(p, "run folder not found")
+    if not any((p / f).is_file() for f in ("best.pt", "last.pt")): raise PatchDDMError(p, "holds no checkpoint (best.pt or last.pt)")
+    return p
 
 
 def _kwargs(name: str, a: argparse.Namespace) -> dict:
@@ -39,7 +54,7 @@ def summary_rows(docs: dict[str, dict]) -> list[dict]:
     rows = []
     def add(bench, quantity, value, target="", verdict=""):
         rows.append(dict(benchmark=bench, quantity=quantity, measured="n/a" if value is None else value,
-                         target=target, verdict=verdict))
+                         target=target, verdict=verdict, date=docs[bench]["date"][:10]))
     if (d := docs.get("patch_vs_full")):
         for key, r in d["results"].items():
             P = key[1:]
@@ -89,8 +104,9 @@ def markdown(rows: list[dict], machine: dict, quick: bool) -> str:
     lines = [f"Machine: {machine['device_name']}, {machine['cores']} cores, torch {machine['torch']}, "
              f"{machine['date']}{' (quick smoke run)' if quick else ''}; load average at start "
              f"{machine['load_average'][0]} (a shared machine: compare ratios, not seconds).", "",
-             "| benchmark | quantity | measured | target | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r['benchmark']} | {r['quantity']} | {r['measured']} | {r['target']} | {r['verdict']} |" for r in rows]
+             "| benchmark | quantity | measured | target | verdict | date |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['benchmark']} | {r['quantity']} | {r['measured']} | {r['target']} | {r['verdict']} | {r['date']} |"
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -109,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace existing results")
     ap.add_argument("--quick", action="store_true", help="fast smoke run (tiny sizes, one timed step)")
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
-    ap.add_argument("--run", type=Path, help="trained run folder for the inference Dice and quality benchmarks")
+    ap.add_argument("--run", default="auto", help="trained run folder for the inference Dice and quality benchmarks; "
+                    "'auto' (default, not with --quick): RESULTS/demo/run of `make demo` where it holds a checkpoint; "
+                    "'none': no run")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, help="torch threads per measurement (default 1)")
     ap.add_argument("--jobs", type=int, help="benchmarks run side by side (default 1; --quick: 3). Timings of a run "
@@ -118,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     names = a.only or list(BENCHMARKS)
     try:
-        if a.run is not None and not a.run.is_dir(): raise PatchDDMError(a.run, "run folder not found")
+        a.run = find_run(a.run, a.quick)
+        if a.run is not None: print(f"trained run: {a.run}")
         for n in names: report.check_outputs(a.out, n, a.overwrite)
         report.check_outputs(a.out, "summary", a.overwrite)
     except PatchDDMError as err:
@@ -144,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(jobs) as pool: list(pool.map(one, names))
     docs = {n: docs[n] for n in names if n in docs}
+    for n in BENCHMARKS:                                    # earlier results of benchmarks not run this time
+        if n not in docs and n not in failed and (a.out / f"{n}.json").is_file():
+            try: docs[n] = json.loads((a.out / f"{n}.json").read_text())
+            except ValueError: pass
+    docs = {n: docs[n] for n in BENCHMARKS if n in docs}
     rows = summary_rows(docs)
     md = markdown(rows, machine, a.quick)
     save_json(dict(name="summary", date=machine["date"], machine=machine, quick=a.quick, jobs=jobs, failed=failed,

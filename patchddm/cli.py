@@ -130,7 +130,7 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
          resolution: int = typer.Option(4, help="phantom resolution in mm (4 → 64³ volumes)"),
          preset: str = typer.Option("small", help="model preset"),
          patch: int = typer.Option(32, help="training patch edge"),
-         train_steps: int = typer.Option(None, help="training steps (default: the demo's)"),
+         train_steps: Optional[int] = typer.Option(None, help="training steps (default: the demo's)"),
          sample_steps: int = typer.Option(20, help="DDIM steps at test time"),
          ensemble: int = typer.Option(5, help="ensemble members per test case"),
          seed: int = typer.Option(0, help="seed of data, split, training and sampling"),

@@ -108,17 +108,23 @@ def process_notebooks(root: Path = ROOT, workers: int | None = None, log=print) 
         for src in source_notebooks(nbs):
             dst = proc / src.relative_to(nbs)
             if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime: continue
-            mixed = [f"#{i} ({''.join(c['source']).strip().splitlines()[0][:40]!r})"
-                     for i, c in enumerate(json.loads(src.read_text())["cells"])
-                     if c["cell_type"] == "code" and _is_mixed("".join(c["source"]))]
             rel = src.relative_to(root)
+            try: cells = json.loads(src.read_text())["cells"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise _error(rel, f"not a readable notebook ({type(e).__name__})") from None
+            code = [(i, _text(c.get("source", ""))) for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+            exports = any(re.search(r"^\s*#\|\s*export", s, re.M) for _, s in code)
+            mixed = [f"#{i} ({s.strip().splitlines()[0][:40]!r})" for i, s in code if exports and _is_mixed(s)]
             try:
                 _fallback_process(src, dst, "safe")
-                log(f"docs: {rel}: processed without executing its code cells that mix imports with other code "
-                    f"({', '.join(mixed) or 'none'}; 0-based); nbdev executes such cells to render show_doc: put "
-                    "the imports in a cell of their own")
+                if mixed:  # without such cells the fallback's result is what nbdev would have written
+                    log(f"docs: {rel}: processed without executing its code cells that mix imports with other code "
+                        f"({', '.join(mixed)}; 0-based); nbdev executes such cells to render show_doc: put the "
+                        "imports in a cell of their own")
             except Exception as e:  # noqa: BLE001
-                _fallback_process(src, dst, "none")
+                try: _fallback_process(src, dst, "none")
+                except Exception as e2:  # noqa: BLE001 - unreadable notebook JSON, a failing processor ...
+                    raise _error(rel, f"nbdev cannot process this notebook ({_short(e2)})") from None
                 log(f"docs: {rel}: API reference left out, its export cells fail to run: {_short(e)}")
         proc.touch()
     finally:
@@ -633,16 +639,17 @@ def benchmarks_page(results: Path, stem: str = "benchmarks") -> Rendered:
             parts.append(f"**{cap}** (from `{name}.json`)")
             parts.append(md_table(cols, rows))
         if ".csv" in by_ext:
-            import pandas as pd
-            try: df = pd.read_csv(by_ext[".csv"])
-            except Exception as e:  # noqa: BLE001 - pandas raises several parser errors
+            import csv
+            try:
+                with open(by_ext[".csv"], newline="") as fh: table = [r for r in csv.reader(fh) if r]
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
                 raise _error(f"benchmarks/results/{name}.csv", f"not a readable CSV ({e.__class__.__name__})") from None
-            if (len(df), tuple(str(c) for c in df.columns)) in n_json_rows:
+            cols, rows = (table[0], table[1:]) if table else ([], [])
+            if (len(rows), tuple(cols)) in n_json_rows:
                 parts.append(f"*The rows are also in `{name}.csv`.*")
-            else:
+            elif cols:
                 parts.append(f"**{posixpath.basename(name)}.csv**")
-                parts.append(md_table([str(c) for c in df.columns],
-                                      df.astype(object).where(df.notna(), None).values.tolist()))
+                parts.append(md_table(cols, rows))
         if scalars:
             table = md_table(["key", "value"], [[k, v] for k, v in scalars.items()])
             parts.append('??? info "Machine, setup and other values"\n\n' + "\n".join("    " + l for l in table.splitlines()))
@@ -753,6 +760,7 @@ def build_site(out: Path | str = ROOT / "_docs", strict: bool = True, workers: i
     t0 = time.time()
     out = Path(out).resolve()
     _check_out(out, overwrite)
+    if keep_md: _check_out(Path(keep_md).resolve(), overwrite)  # fail before the slow part
     proc = process_notebooks(root, workers, log=log)
     t1 = time.time()
     site = assemble(proc, root / "nbs", Path(bench) if bench else root / "benchmarks" / "results")
@@ -762,10 +770,14 @@ def build_site(out: Path | str = ROOT / "_docs", strict: bool = True, workers: i
         stage = Path(stage_s)
         write_stage(site, stage, root / "docs_src")
         if keep_md:
-            keep = Path(keep_md)
+            keep = Path(keep_md).resolve()
+            _check_out(keep, overwrite)
             if keep.exists(): shutil.rmtree(keep)
             shutil.copytree(stage, keep)
+            (keep / MARKER).write_text("Markdown pages written by tools/build_docs.py --keep-md\n")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the site is meant to be served
         try:
             mkdocs_build(stage, tmp, site.nav, strict, root / "mkdocs.yml")
             (tmp / MARKER).write_text("built by tools/build_docs.py\n")

@@ -1,0 +1,146 @@
+"""The documentation site (tools/build_docs.py): a fast test of the notebook → Markdown walker, a slow full build.
+
+`make docs-check` runs the slow one: `pytest -q -m slow tests/test_docs.py`.
+"""
+import base64, html, importlib.util, json, re, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    "tools/build_docs.py as a module (tools/ is not a package)."
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["build_docs"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bd = _load()
+
+# a 1×1 red PNG
+PNG = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8cfc0000003"
+    "010100c9fe92ef0000000049454e44ae426082")).decode()
+
+
+def _nb(cells):
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}
+
+
+def _code(src, outputs=()):
+    return {"cell_type": "code", "source": src, "metadata": {}, "outputs": list(outputs), "execution_count": None}
+
+
+def _md(src):
+    return {"cell_type": "markdown", "source": src, "metadata": {}}
+
+
+def test_notebook_to_markdown():
+    nb = _nb([
+        {"cell_type": "raw", "metadata": {}, "source": "---\ntitle: patching\ndescription: Coordinate channels.\n"
+                                                      "output-file: patching.html\n---\n"},
+        _md("Intro with $x_t$ and `code $y$`."),
+        _code("#| hide\nsecret = 1", [{"output_type": "stream", "name": "stdout", "text": "hidden\n"}]),
+        _code("#| echo: false\n#| output: asis\nshow_doc(crop)", [{"output_type": "execute_result", "metadata": {},
+              "execution_count": None, "data": {"text/markdown": "---\n\n### crop\n\n```python\ndef crop(x)\n```\n\n*Doc.*",
+                                                "text/plain": "crop"}}]),
+        _code("print('a')\nprint('b')", [{"output_type": "stream", "name": "stdout", "text": "a\n"},
+                                          {"output_type": "stream", "name": "stdout", "text": "b\n"}]),
+        _code("#| echo: false\nfig", [{"output_type": "display_data", "metadata": {},
+                                       "data": {"image/png": PNG, "text/plain": "<Figure>"}}]),
+        _code("df", [{"output_type": "execute_result", "metadata": {}, "execution_count": None,
+                      "data": {"text/html": "<table class='dataframe'>\n\n<tr><td>1</td></tr></table>",
+                               "text/plain": "df"}}]),
+        _code("#| include: false\nx = 2"),
+        _code("#| output: false\ny = 3", [{"output_type": "stream", "name": "stdout", "text": "not shown\n"}]),
+    ])
+    r = bd.notebook_to_markdown(nb, "patching")
+    t = r.text
+    assert t.startswith("# patching\n\nCoordinate channels.\n{: .lead }")
+    assert "secret" not in t and "hidden" not in t                   # #| hide drops source and outputs
+    assert "show_doc" not in t and "#|" not in t                      # echo: false hides the source, directives go
+    assert "### crop { #crop .doc-symbol }" in t and r.symbols == ["crop"]
+    assert re.search(r"```text\na\nb\n```", t)                        # consecutive streams merged
+    assert "print('a')" in t
+    assert r.files == {"patching_files/cell4_0.png": base64.b64decode(PNG)}
+    assert "![output cell4_0](patching_files/cell4_0.png)" in t
+    assert "<table class='dataframe'>\n<tr>" in t                     # HTML kept, blank lines removed
+    assert "x = 2" not in t and "y = 3" in t and "not shown" not in t
+    # post-processing: math outside code, links to notebooks, symbol cross-references
+    m = bd.convert_math(t)
+    assert '<span class="math"><i>x</i><sub><i>t</i></sub></span>' in m and "`code $y$`" in m
+    assert bd.tex_to_html(r"\begin{align} a \end{align}") is None    # unsupported → shown as TeX
+    assert "math-tex" in bd.convert_math(r"see $\unknowncmd{x}$")
+    links = bd.rewrite_links("[a](01_patching.ipynb#crop) [b](https://x.org/a.ipynb) [c](../core.html)", "experiments/r.md",
+                             {"01_patching.ipynb": "patching.md"}, {"patching.md", "core.md"})
+    assert links == "[a](01_patching.ipynb#crop) [b](https://x.org/a.ipynb) [c](../core.md)"
+    links = bd.rewrite_links("[a](../01_patching.ipynb#crop)", "experiments/r.md", {"01_patching.ipynb": "patching.md"}, set())
+    assert links == "[a](../patching.md#crop)"
+    targets = bd.link_targets({"patching.md": ["crop"], "data.md": ["unpad"], "model.md": ["unpad"]}, {})
+    assert "unpad" not in targets and targets["model.unpad"] == "model.md#unpad"   # ambiguous bare names stay plain
+    assert bd.linkify("use `crop` or `crop()`; [`crop`](x.md)\n```\n`crop`\n```\n", "index.md", targets) == \
+        "use [`crop`](patching.md#crop) or [`crop()`](patching.md#crop); [`crop`](x.md)\n```\n`crop`\n```\n"
+
+
+def test_benchmark_tables(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "skips.json").write_text(json.dumps({"name": "skips", "description": "Averaging vs concat.",
+                                                "machine": {"cpu": "x", "cores": 2},
+                                                "results": {"avg": {"mib": 415.9}, "concat": {"mib": 617.9}},
+                                                "rows": [{"skip": "avg", "mib": 415.9}, {"skip": "concat", "mib": 617.9}]}))
+    (res / "skips.csv").write_text("skip,mib\navg,415.9\nconcat,617.9\n")
+    (res / "other.csv").write_text("a,b\n1,2\n")
+    (res / "skips.png").write_bytes(base64.b64decode(PNG))
+    r = bd.benchmarks_page(res)
+    assert "## skips" in r.text and "Averaging vs concat." in r.text and "## other" in r.text
+    assert "| avg | 415.9 |" in r.text and "| 1 | 2 |" in r.text
+    assert "The rows are also in `skips.csv`" in r.text                       # the CSV copy of the rows is not repeated
+    assert "machine.cpu" in r.text and list(r.files) == ["benchmarks_files/skips.png"]
+    (res / "bad.json").write_text("{not json")
+    with pytest.raises(Exception, match=r"bad\.json: not valid JSON"):
+        bd.benchmarks_page(res)
+    assert "No results yet" in bd.benchmarks_page(tmp_path / "missing").text
+
+
+def test_refuses_foreign_output(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not a site built by tools/build_docs.py"):
+        bd._check_out(tmp_path, overwrite=False)
+    bd._check_out(tmp_path, overwrite=True)
+    (tmp_path / bd.MARKER).write_text("")
+    bd._check_out(tmp_path, overwrite=False)
+
+
+@pytest.mark.slow
+def test_build_site(tmp_path):
+    out = tmp_path / "site"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docs.py"), "--out", str(out),
+                        "--keep-md", str(tmp_path / "md")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out / bd.MARKER).exists() and (out / "search" / "search_index.json").exists()
+    # a page for every notebook, the paper map and the benchmarks
+    nbs = bd.source_notebooks(ROOT / "nbs")
+    for nb in nbs:
+        rel = nb.relative_to(ROOT / "nbs").as_posix()
+        meta, _ = bd._frontmatter(json.loads((ROOT / "_proc" / rel).read_text()))
+        page = out / bd.page_name(rel, meta).replace(".md", ".html")
+        assert page.exists(), f"no page for nbs/{rel}"
+    for name in ("index.html", "paper_map.html", "benchmarks.html"): assert (out / name).exists(), name
+    # every image a page references exists; no page loads anything from the network
+    for page in out.rglob("*.html"):
+        text = page.read_text()
+        for src in re.findall(r'<img [^>]*src="([^"]+)"', text):
+            if src.startswith("data:"): continue
+            assert (page.parent / src).exists(), f"{page.name}: missing image {src}"
+        for src in re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?:[^"]+)"', text):
+            pytest.fail(f"{page.name} loads {src} from the network")
+    # the landing page shows the two commands; API pages carry show_doc anchors
+    index = html.unescape(re.sub(r"<[^>]+>", "", (out / "index.html").read_text()))  # code is split into spans
+    assert re.search(r"^\s*make demo\b", index, re.M) and re.search(r"^\s*make test\b", index, re.M)
+    assert 'id="coord_channels"' in (out / "patching.html").read_text()
+    assert (tmp_path / "md" / "paper_map.md").exists()
