@@ -37,7 +37,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "auto", run_dir: Path | None = None,
         size: int | None = None, window: int | None = None, steps: int | None = None, cases: int = 3,
-        overlap: float = 0.5, threads: int | None = 1) -> dict:
+        overlap: float = 0.5, threads: int | None = 1, prep_dir: Path | None = None) -> dict:
     "Measure whole vs windowed inference and write the results; return the JSON dict."
     report.check_outputs(out, NAME, overwrite)
     device = str(pick_device(device))
@@ -52,7 +52,8 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         from patchddm.data import PreparedDataset
         from patchddm.train import load_run
         r = load_run(M.checkpoint_of(run_dir), device="cpu")
-        prep = Path(r.config.prep_dir)
+        prep = Path(prep_dir or r.config.prep_dir)
+        if not (prep / "prep.json").is_file(): raise PatchDDMError(prep, "preprocessed cache not found (pass --prep)")
         ds = PreparedDataset(prep)
         test = ds.split("test") or ds.case_ids
         size = ds.size
@@ -85,6 +86,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                 rows.append(dict(call="one network evaluation" if what == "eval" else f"DDIM {steps} steps",
                                  what=what, mode=label, volume=size, window=win, overlap=overlap,
                                  peak_MiB=round(res["peak_bytes"] / report.MiB, 1), seconds=round(res["seconds"], 4),
+                                 cpu_seconds=round(res["cpu_seconds"], 4),
                                  seconds_first=round(res["seconds_first"], 4), method=res["method"]))
                 print(f"  {rows[-1]['call']:24s} {label:14s}: peak {rows[-1]['peak_MiB']:8.1f} MiB, "
                       f"{rows[-1]['seconds']:.3f} s", flush=True)
@@ -93,7 +95,8 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         w, s = [r for r in rows if r["what"] == what and r["window"] is not None][0], \
                [r for r in rows if r["what"] == what and r["window"] is None][0]
         res = dict(memory_ratio=report.ratio(w["peak_MiB"], s["peak_MiB"]),
-                   time_ratio=report.ratio(w["seconds"], s["seconds"]))
+                   time_ratio=report.ratio(w["seconds"], s["seconds"]),
+                   cpu_time_ratio=report.ratio(w["cpu_seconds"], s["cpu_seconds"]))
         res["memory_verdict"] = report.verdict(res["memory_ratio"], TARGET_MEMORY_RATIO, "lower")
         a, b = saved[what, None], saved[what, window]
         if what == "eval":
@@ -105,7 +108,8 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
             res["voxels_differing"] = int((a != b).sum())
             res["dice_window_vs_whole_same_volume"] = round(_dice(a, b), 4)
         results[what] = res
-    results["dice"] = _dice_study(run_dir, window, steps, cases, overlap, device) if run_dir is not None else "n/a"
+    results["dice"] = (_dice_study(run_dir, about["prep"], window, steps, cases, overlap, device)
+                       if run_dir is not None else "n/a")
     setup = dict(about, volume=size, window=window, overlap=overlap, ddim_steps=steps, device=device, threads=threads,
                  seed=0, quick=quick, blend="gaussian (patchddm.evaluate default)")
     notes = [] if run_dir is not None else [
@@ -115,13 +119,13 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                                notes=notes)
 
 
-def _dice_study(run_dir: Path, window: int, steps: int, cases: int, overlap: float, device: str) -> dict:
+def _dice_study(run_dir: Path, prep: str, window: int, steps: int, cases: int, overlap: float, device: str) -> dict:
     "Dice of whole-volume and windowed DDIM segmentations (ensemble 1, seed 0) with each other and with the truth."
     from patchddm.data import PreparedDataset
     from patchddm.evaluate import segment_volume
     from patchddm.train import load_run
     r = load_run(M.checkpoint_of(run_dir), device=device)
-    ds = PreparedDataset(r.config.prep_dir)
+    ds = PreparedDataset(prep)
     ids = (ds.split("test") or ds.case_ids)[:cases]
     per = []
     for cid in ids:
@@ -145,9 +149,8 @@ def _plot(df):
         sns.barplot(df, x="call", y=col, hue="mode", ax=ax, palette="deep")
         ax.set(xlabel="", ylabel="", title=title)
         for c in ax.containers: ax.bar_label(c, fmt="%.3g", fontsize=7)
-        ax.legend(fontsize=7)
     fig.suptitle(f"sampling a {int(df.volume.iloc[0])}³ volume: whole vs overlapping windows (seed 0)", fontsize=9)
-    fig.tight_layout()
+    report.shared_legend(fig, axes)
     return fig
 
 
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 32³ volume, 16³ windows, DDIM 2 steps only")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--run", type=Path, help="a trained run folder (default: an untrained small network)")
+    ap.add_argument("--prep", type=Path, help="the run's preprocessed cache (default: the one it was trained on)")
     ap.add_argument("--size", type=int, help="volume edge without --run (default 64)")
     ap.add_argument("--window", type=int, help="window edge (default: the run's patch, or size/2)")
     ap.add_argument("--steps", type=int, help="DDIM steps (default 5)")
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     try:
-        run(a.out, a.quick, a.overwrite, a.device, a.run, a.size, a.window, a.steps, a.cases, threads=a.threads)
+        run(a.out, a.quick, a.overwrite, a.device, a.run, a.size, a.window, a.steps, a.cases, threads=a.threads, prep_dir=a.prep)
     except PatchDDMError as err:
         print(f"error: {err}", file=sys.stderr); return 1
     return 0

@@ -17,7 +17,7 @@ Spec keys (all JSON):
               "mid_attention": bool}
               | {"kind": "run", "path": RUN_DIR, "which": "best"|"last"}
     size      [D, H, W]; batch; amp (null | "bf16" | "fp16"); device ("cpu" | "cuda"); threads; seed
-    repeats, warmup   timing passes after the measured one (median of `repeats`)
+    repeats, warmup   timing passes after the measured one: median wall and CPU (process) seconds of `repeats`
     args      extra arguments for task "call"
 """
 from __future__ import annotations
@@ -289,13 +289,16 @@ def _child(spec: dict) -> dict:
     elif method == "ru_maxrss": total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     else: total = _rss()["VmHWM"]
     if dev.type == "cpu": _heap_for_timing()
-    times = []
+    times, cpu = [], []
     for _ in range(int(spec.get("warmup", 0)) + int(spec.get("repeats", 1))):
-        t0 = time.perf_counter(); one(); times.append(time.perf_counter() - t0)
-    timed = sorted(times[int(spec.get("warmup", 0)):])
-    res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=timed[len(timed) // 2] if timed else first,
-               seconds_all=times, seconds_first=first, params=params, threads=torch.get_num_threads(), method=method,
-               **info)
+        t0, c0 = time.perf_counter(), time.process_time()
+        one()
+        times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
+    w = int(spec.get("warmup", 0))
+    med = lambda v: sorted(v)[len(v) // 2]
+    res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=med(times[w:]), seconds_all=times,
+               cpu_seconds=med(cpu[w:]), cpu_seconds_all=cpu, seconds_first=first, params=params,
+               threads=torch.get_num_threads(), method=method, **info)
     if finish is not None: res["call"] = finish()
     return res
 

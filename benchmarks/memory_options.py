@@ -36,13 +36,17 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                         warmup=0 if quick else 1, threads=threads if device == "cpu" else None)
         rows.append(dict(option=label, amp=amp or "none", checkpointing=ckpt, size=size,
                          peak_MiB=round(r["peak_bytes"] / report.MiB, 1), seconds=round(r["seconds_per_eval"], 4),
-                         seconds_all=[round(s, 4) for s in r["seconds"]], method=r["method"]))
+                         seconds_all=[round(s, 4) for s in r["seconds"]],
+                         cpu_seconds=None if r.get("cpu_seconds_per_eval") is None else round(r["cpu_seconds_per_eval"], 4),
+                         method=r["method"]))
         print(f"  {size}³ {label:22s}: peak {rows[-1]['peak_MiB']:8.1f} MiB, {rows[-1]['seconds']:.3f} s/step", flush=True)
     ref = rows[0]
     for row in rows:
         row["memory_ratio"] = report.ratio(row["peak_MiB"], ref["peak_MiB"])
         row["time_ratio"] = report.ratio(row["seconds"], ref["seconds"])
-    results = {row["option"]: dict(memory_ratio=row["memory_ratio"], time_ratio=row["time_ratio"]) for row in rows[1:]}
+        row["cpu_time_ratio"] = report.ratio(row["cpu_seconds"], ref["cpu_seconds"])
+    results = {row["option"]: dict(memory_ratio=row["memory_ratio"], time_ratio=row["time_ratio"],
+                                   cpu_time_ratio=row["cpu_time_ratio"]) for row in rows[1:]}
     setup = dict(preset=preset, model=cfg.to_dict(), size=size, in_ch=cfg.in_ch, device=device, batch=1,
                  repeats=repeats, threads=threads, seed=0, quick=quick,
                  step="forward + loss + backward (patchddm.model.peak_memory)")

@@ -55,17 +55,20 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                 raise PatchDDMError(NAME, str(err)) from None
             row = dict(size=size, net=label, params=r["params"], peak_MiB=round(r["peak_bytes"] / report.MiB, 1),
                        seconds=round(r["seconds"], 4), seconds_all=[round(s, 4) for s in r["seconds_all"]],
-                       method=r["method"])
+                       cpu_seconds=round(r["cpu_seconds"], 4), method=r["method"])
             rows.append(row); got[label] = row
             if "monai_kwargs" in r: kw, n_monai, n_ours = r["monai_kwargs"], r["params"], r["params_ours"]
             print(f"  {size:3d}³ {label:24s} {r['params'] / 1e6:5.2f} M params: peak {row['peak_MiB']:8.1f} MiB, "
                   f"{row['seconds']:.3f} s/step", flush=True)
         ref = got["MONAI, no mid attention"]
         res = dict(memory_ratio=report.ratio(got["ours"]["peak_MiB"], ref["peak_MiB"]),
-                   time_ratio=report.ratio(got["ours"]["seconds"], ref["seconds"]))
+                   time_ratio=report.ratio(got["ours"]["seconds"], ref["seconds"]),
+                   cpu_time_ratio=report.ratio(got["ours"]["cpu_seconds"], ref["cpu_seconds"]))
         res["time_verdict"] = report.verdict(res["time_ratio"], TARGET_TIME_RATIO, "lower")
         if "ours, reference conv" in got:
             res["time_ratio_reference_conv"] = report.ratio(got["ours, reference conv"]["seconds"], ref["seconds"])
+            res["cpu_time_ratio_reference_conv"] = report.ratio(got["ours, reference conv"]["cpu_seconds"],
+                                                                ref["cpu_seconds"])
             res["memory_ratio_reference_conv"] = report.ratio(got["ours, reference conv"]["peak_MiB"], ref["peak_MiB"])
         if "MONAI as shipped" in got:
             res["memory_ratio_vs_shipped"] = report.ratio(got["ours"]["peak_MiB"], got["MONAI as shipped"]["peak_MiB"])
@@ -101,9 +104,8 @@ def _plot(df):
         sns.barplot(df, x="input", y=col, hue="net", hue_order=order, ax=ax, palette="deep")
         ax.set(xlabel="input (8 channels)", ylabel="", title=title)
         for c in ax.containers: ax.bar_label(c, fmt="%.3g", fontsize=6)
-        ax.legend(fontsize=6)
     fig.suptitle("our U-Net vs MONAI DiffusionModelUNet at matched parameters (fp32, batch 1, seed 0)", fontsize=9)
-    fig.tight_layout()
+    report.shared_legend(fig, axes)
     return fig
 
 

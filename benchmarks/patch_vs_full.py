@@ -43,7 +43,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                        peak_MiB=round(r["peak_bytes"] / report.MiB, 1),
                        train_total_MiB=round((r["peak_bytes"] + state) / report.MiB, 1),
                        seconds=round(r["seconds_per_eval"], 4), seconds_all=[round(s, 4) for s in r["seconds"]],
-                       method=r["method"])
+                       cpu_seconds=_round(r.get("cpu_seconds_per_eval")), method=r["method"])
             rows.append(row); pair[mode] = row
             print(f"  P={P:3d} {mode:8s} {row['input']:>8s}: peak {row['peak_MiB']:8.1f} MiB, "
                   f"{row['seconds']:.3f} s/step", flush=True)
@@ -52,6 +52,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
             memory_ratio=report.ratio(p["peak_MiB"], f["peak_MiB"]),
             memory_ratio_with_state=report.ratio(p["train_total_MiB"], f["train_total_MiB"]),
             time_ratio=report.ratio(p["seconds"], f["seconds"]),
+            cpu_time_ratio=report.ratio(p["cpu_seconds"], f["cpu_seconds"]),
             memory_verdict=report.verdict(report.ratio(p["peak_MiB"], f["peak_MiB"]), PAPER["memory_ratio"], "lower"),
             time_verdict=report.verdict(report.ratio(p["seconds"], f["seconds"]), PAPER["time_ratio"], "lower"))
         print(f"  P={P}: memory ratio {results[f'P{P}']['memory_ratio']}, time ratio {results[f'P{P}']['time_ratio']}")
@@ -66,6 +67,11 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                                seconds_total=time.time() - t0, notes=notes)
 
 
+def _round(v: float | None, digits: int = 4) -> float | None:
+    "round(v, digits), None stays None."
+    return None if v is None else round(v, digits)
+
+
 def _plot(df):
     "Two panels: peak memory and seconds per step, patch vs full, per P."
     sns = report.style()
@@ -78,7 +84,7 @@ def _plot(df):
         ax.set(xlabel="", ylabel="", title=title)
         for c in ax.containers: ax.bar_label(c, fmt="%.3g", fontsize=7)
     fig.suptitle("PatchDDM (P³, 8 ch) vs FullRes ((2P)³, 5 ch), same network, seed 0", fontsize=9)
-    fig.tight_layout()
+    report.shared_legend(fig, axes)
     return fig
 
 

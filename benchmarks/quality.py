@@ -19,12 +19,12 @@ import measure as M
 import report
 
 NAME = "quality"
-STEPS = {"ddim": [2, 5, 10, 20], "dpm++2m": [2, 5, 10, 20], "heun": [2, 3, 6, 10]}
+STEPS = {"ddim": [2, 4, 10], "dpm++2m": [2, 4, 10], "heun": [2, 3, 5]}
 QUICK_STEPS = {"ddim": [2], "dpm++2m": [2], "heun": [2]}
 
 
 def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "auto", run_dir: Path | None = None,
-        cases: int = 4, seed: int = 0, steps: dict | None = None) -> dict:
+        cases: int = 3, seed: int = 0, steps: dict | None = None, prep_dir: Path | None = None) -> dict:
     "Dice vs NFE per solver on `run_dir`'s test cases; write the results and return the JSON dict."
     report.check_outputs(out, NAME, overwrite)
     device = str(pick_device(device))
@@ -41,12 +41,14 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     from patchddm.train import load_run
     ckpt = M.checkpoint_of(run_dir)
     r = load_run(ckpt, device=device)
-    ds = PreparedDataset(r.config.prep_dir)
+    prep = Path(prep_dir or r.config.prep_dir)
+    if not (prep / "prep.json").is_file(): raise PatchDDMError(prep, "preprocessed cache not found (pass --prep)")
+    ds = PreparedDataset(prep)
     ids = (ds.split("test") or ds.case_ids)[:1 if quick else cases]
     steps = steps or (QUICK_STEPS if quick else STEPS)
     frames = []
     for solver, ks in steps.items():
-        df = sampling_study(ckpt, r.config.prep_dir, solvers=(solver,), steps=tuple(ks), n_max=1, seed=seed,
+        df = sampling_study(ckpt, prep, solvers=(solver,), steps=tuple(ks), n_max=1, seed=seed,
                             case_ids=ids, device=device, progress=False)
         frames.append(df)
         for k in ks:
@@ -63,7 +65,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         results[solver] = {int(row.nfe): round(float(row.dice_mean), 4) for row in g.itertuples()}
     best = summary.loc[summary.dice_mean.idxmax()]
     results["best"] = dict(solver=best.solver, steps=int(best.steps), nfe=int(best.nfe), dice=round(float(best.dice_mean), 4))
-    setup = dict(run=str(run_dir), checkpoint=str(r.path), step=r.step, mode=r.mode, prep=str(r.config.prep_dir),
+    setup = dict(run=str(run_dir), checkpoint=str(r.path), step=r.step, mode=r.mode, prep=str(prep),
                  cases=ids, steps=steps, ensemble=1, seed=seed, device=device, quick=quick)
     rows = per_case.assign(seconds=per_case.seconds.round(4)).to_dict("records")
     return report.write_result(out, NAME, desc, machine, setup, results, rows, _plot, seconds_total=time.time() - t0,
@@ -90,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: one case, 2 steps per solver")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--run", type=Path, help="a trained run folder (its cache's test split is used)")
-    ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--prep", type=Path, help="the run's preprocessed cache (default: the one it was trained on)")
+    ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     try:
-        run(a.out, a.quick, a.overwrite, a.device, a.run, a.cases, a.seed)
+        run(a.out, a.quick, a.overwrite, a.device, a.run, a.cases, a.seed, prep_dir=a.prep)
     except PatchDDMError as err:
         print(f"error: {err}", file=sys.stderr); return 1
     return 0

@@ -99,6 +99,15 @@ def verdict(value: float | None, target: float, better: str) -> str:
     return "meets" if ok else "misses"
 
 
+def shared_legend(fig, axes, title: str | None = None) -> None:
+    "Replace the per-axes legends by one row below the panels (keeps bar labels readable)."
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None: ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False, title=title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+
 def style():
     "Seaborn's theme for all benchmark figures."
     import seaborn as sns

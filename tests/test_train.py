@@ -1,7 +1,7 @@
 """Training end to end: every mode, overfitting, exact resume after SIGKILL, torchrun DDP, the two-device split, bad configs.
 
-All runs use the `tiny` preset on embedded phantoms generated at 4 mm and cached at 8 mm spacing (32³ after padding),
-so the whole file stays within a few minutes on two shared CPU cores."""
+All runs use the `tiny` preset on the session's embedded phantoms (generated at 4 mm, see conftest.py) cached at
+8 mm spacing (32³ after padding), so the whole file stays within a few minutes on two shared CPU cores."""
 import json, os, shutil, signal, subprocess, sys, time
 from dataclasses import replace
 from pathlib import Path
@@ -18,13 +18,14 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def prep(tmp_path_factory) -> Path:
-    "A 32³ cache (8 mm) of 10 phantoms generated at 4 mm (split 8/1/1)."
-    from patchddm.data import PrepConfig, preprocess_dataset, write_phantoms
-    root = tmp_path_factory.mktemp("train-data")
-    write_phantoms(root / "raw", n=10, resolution=4, seed=0, progress=False)
-    preprocess_dataset(root / "raw", root / "prep", PrepConfig(size=32, spacing=8), progress=False)
-    return root / "prep"
+def prep(phantom_data, tmp_path_factory) -> Path:
+    "The session's 4 mm phantoms (conftest) cached at 8 mm spacing: 32³, split 3/1/1."
+    from patchddm.data import PrepConfig, PreparedDataset, preprocess_dataset
+    out = tmp_path_factory.mktemp("train-data") / "prep32"
+    preprocess_dataset(phantom_data.raw, out, PrepConfig(size=32, spacing=8, seed=0), progress=False)
+    ds = PreparedDataset(out)
+    assert ds.size == 32 and ds.split("train") and ds.split("val")
+    return out
 
 
 def _cfg(prep, run, **kw) -> TrainConfig:
