@@ -13,7 +13,7 @@ import typer
 from .core import PatchDDMError, load_settings
 
 # %% auto #0
-__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'demo', 'main']
+__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'segment', 'evaluate', 'profile', 'demo', 'main']
 
 # %% ../nbs/08_cli.ipynb #5f4b8685
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -121,6 +121,60 @@ def view(case_dir: Path = typer.Argument(..., help="a BraTS-layout case folder")
     v = VolumeViewer.from_files(case_dir, pred, size=size)
     v.render_png(out, axis=axis, index=index, sequence=sequence, alpha=alpha, overwrite=overwrite)
     typer.echo(f"view: wrote {out}")
+
+# %% ../nbs/08_cli.ipynb #75bed7f0
+@app.command()
+@cli_errors
+def segment(run: Path = typer.Argument(..., help="a training run folder (uses best.pt) or a checkpoint file"),
+            input: Path = typer.Argument(..., help="a BraTS case folder or a folder of case folders (raw NIfTI)"),
+            out_dir: Path = typer.Argument(..., help="prediction folder: OUT/<case_id>/{mask,prob,var}.nii.gz"),
+            steps: int = typer.Option(20, help="sampling steps"),
+            solver: str = typer.Option("ddim", help="ddim | dpm++2m | heun | ddpm"),
+            ensemble: int = typer.Option(5, help="ensemble members per case (member k uses seed + k)"),
+            seed: int = typer.Option(0, help="seed of the first member"),
+            window: Optional[int] = typer.Option(None, help="sliding-window edge: bounds memory by the window, not the volume"),
+            save_members: bool = typer.Option(False, help="also write every member's mask"),
+            device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:0,cuda:1"),
+            overwrite: bool = typer.Option(False, help="replace existing predictions")):
+    "Segment raw cases with an ensemble of diffusion samples; writes mask, mean probability and variance per case."
+    from patchddm.evaluate import segment as _segment
+    s = _segment(run, input, out_dir, steps=steps, solver=solver, ensemble=ensemble, seed=seed, window=window,
+                 save_members=save_members, overwrite=overwrite, device=device or load_settings().device, progress=True)
+    failed = s.get("failed", [])
+    typer.echo(f"segment: {len(s.get('done', []))} cases segmented, {len(s.get('skipped', []))} already done, "
+               f"{len(failed)} failed → {out_dir}")
+    if failed: raise typer.Exit(1)   # each failure was already reported as one `error:` line
+
+@app.command()
+@cli_errors
+def evaluate(pred_dir: Path = typer.Argument(..., help="prediction folder written by `patchddm segment`"),
+             truth_dir: Path = typer.Argument(..., help="BraTS case folders with their seg files"),
+             out: Optional[Path] = typer.Option(None, help="per-case CSV to write"),
+             overwrite: bool = typer.Option(False, help="replace an existing CSV")):
+    "Per-case Dice and HD95 (mm) and their mean ± std, like the paper's Table 2."
+    from patchddm.evaluate import evaluate_dirs, summarize
+    df = evaluate_dirs(pred_dir, truth_dir, out, overwrite=overwrite, progress=True)
+    cols = [c for c in ("case_id", "status", "dice", "hd95") if c in df]
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    sm = summarize(df).iloc[0]
+    typer.echo(f"evaluate: Dice {sm['dice_mean']:.3f} ± {sm['dice_std']:.3f}, HD95 {sm['hd95_mean']:.2f} ± "
+               f"{sm['hd95_std']:.2f} mm over {int(sm['n'])} cases" + (f" → {out}" if out else ""))
+
+@app.command()
+@cli_errors
+def profile(mode: str = typer.Option("patchddm", help="patchddm | fullres | halfres | patchddm-nocoords"),
+            preset: Optional[str] = typer.Option(None, help="model preset (default: settings preset)"),
+            size: int = typer.Option(64, help="volume edge (the paper: 256)"),
+            device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+            amp: Optional[str] = typer.Option(None, help="bf16 | fp16 (default: fp32)"),
+            repeats: int = typer.Option(2, help="timed repeats per measurement"),
+            out: Optional[Path] = typer.Option(None, help="JSON file to write"),
+            overwrite: bool = typer.Option(False, help="replace an existing JSON")):
+    "Memory and seconds per network evaluation, training and inference, for a mode (the paper's Table 1)."
+    from patchddm.evaluate import profile as _profile, profile_table
+    r = _profile(mode, preset or load_settings().preset, size, device=device or load_settings().device, out_json=out,
+                 amp=amp, repeats=repeats, overwrite=overwrite, verbose=False)
+    typer.echo(profile_table([r]).to_string())
 
 # %% ../nbs/08_cli.ipynb #e330c971
 @app.command()

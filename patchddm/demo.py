@@ -146,7 +146,7 @@ def stage_report(out: Path, quiet: bool = False, kernel: str = "python3") -> Pat
     nb_out = out / "report.ipynb"
     try:
         pm.execute_notebook(str(report_template()), str(nb_out), parameters=dict(results_dir=str(out.resolve())),
-                            kernel_name=kernel, progress_bar=False, cwd=str(out))
+                            kernel_name=kernel, language="python", progress_bar=False, cwd=str(out))
     except pm.PapermillExecutionError as e:
         raise PatchDDMError(nb_out, f"report notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
     html, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(nb_out, as_version=4))
