@@ -67,6 +67,9 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         window = window or size // 2
         model = dict(kind="ours", cfg=cfg.to_dict())
         about = dict(run=None, model=cfg.to_dict(), image="uniform random in [-1, 1] + coordinate channels, seed 0")
+    mult = 2 ** (len(about["model"]["mults"]) - 1)                 # the network's size multiple
+    for what_, v in (("volume", size), ("window", window)):
+        if v < 1 or v % mult: raise PatchDDMError(f"{what_} {v}", f"must be a positive multiple of {mult} (the network's)")
     rows, saved = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for what in whats:

@@ -35,6 +35,8 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     repeats = repeats or (1 if quick else 3)
     machine, t0 = report.machine_info(device), time.time()
     cfg = preset_config(preset)
+    bad = [s for s in sizes if s < 1 or s % cfg.multiple]
+    if bad: raise PatchDDMError(f"sizes {bad}", f"must be positive multiples of {cfg.multiple} (preset {preset})")
     has_einops = importlib.util.find_spec("einops") is not None
     # MONAI's width is matched inside its first measuring subprocess (importing MONAI costs seconds)
     variants = [("MONAI, no mid attention", dict(kind="monai", match=cfg.to_dict(), mid_attention=False)),

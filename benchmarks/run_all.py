@@ -92,10 +92,16 @@ def summary_rows(docs: dict[str, dict]) -> list[dict]:
                 add("inference", f"memory windowed / whole, {label}", r[what]["memory_ratio"], "≤ 0.25",
                     r[what]["memory_verdict"])
                 add("inference", f"time windowed / whole, {label}", r[what]["time_ratio"])
+                if r[what].get("cpu_time_ratio") is not None:
+                    add("inference", f"CPU time windowed / whole, {label}", r[what]["cpu_time_ratio"])
         if isinstance(r.get("dice"), dict):
             add("inference", "Dice windowed vs whole (trained run)", r["dice"]["whole_vs_window"])
         elif "ddim" in r:
-            add("inference", "sampled masks equal (untrained net); Dice n/a", r["ddim"]["masks_equal"])
+            if "eval" in r:
+                add("inference", "largest ε difference windowed vs whole, untrained net (mean abs ε "
+                    f"{r['eval']['mean_abs_eps_whole']:.3g})", round(r["eval"]["max_abs_eps_difference"], 4))
+            add("inference", f"DDIM masks equal, untrained net ({r['ddim']['voxels_differing']} voxels differ); "
+                "Dice n/a", r["ddim"]["masks_equal"])
         if not r or r.get("status") == "not measured": add("inference", "not measured", None)
     if (d := docs.get("quality")):
         r = d["results"]
@@ -112,8 +118,9 @@ def markdown(rows: list[dict], machine: dict, quick: bool) -> str:
              f"{machine['date']}{' (quick smoke run)' if quick else ''}; load average at start "
              f"{machine['load_average'][0]} (a shared machine: compare ratios, not seconds).", "",
              "| benchmark | quantity | measured | target | verdict | date |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['benchmark']} | {r['quantity']} | {r['measured']} | {r['target']} | {r['verdict']} | {r['date']} |"
-              for r in rows]
+    cell = lambda v: str(v).replace("|", "\\|")
+    lines += ["| " + " | ".join(cell(r[k]) for k in ("benchmark", "quantity", "measured", "target", "verdict", "date"))
+              + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ FILES = ("mask.nii.gz", "prob.nii.gz", "var.nii.gz")
 
 
 def _cli(*args, timeout=240, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -52,12 +52,19 @@ def raw(phantom_data, tmp_path) -> Path:
     return tmp_path / "raw"
 
 
-def test_segment_writes_the_input_geometry(run_dir, raw, tmp_path):
-    out = tmp_path / "pred"
-    r = _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 3, "--seed", 0)
+@pytest.fixture(scope="module")
+def segmented(run_dir, phantom_data, tmp_path_factory) -> Path:
+    "`patchddm segment` of the five raw phantoms (DDIM 2 steps, 2 members, seed 0) → the prediction folder."
+    out = tmp_path_factory.mktemp("segmented") / "pred"
+    r = _cli("segment", run_dir, phantom_data.raw, out, "--steps", 2, "--ensemble", 2, "--seed", 0)
     assert r.returncode == 0, r.stderr
     _no_traceback(r)
-    cases = sorted(p for p in raw.iterdir() if p.is_dir())
+    return out
+
+
+def test_segment_writes_the_input_geometry(segmented, phantom_data):
+    out = segmented
+    cases = sorted(p for p in phantom_data.raw.iterdir() if p.is_dir())
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [c.name for c in cases]
     for c in cases:
         t1 = nib.load(str(c / f"{c.name}_t1.nii.gz"))
@@ -74,39 +81,41 @@ def test_segment_writes_the_input_geometry(run_dir, raw, tmp_path):
         assert var.dtype == np.float32 and 0 <= var.min() and var.max() <= 0.25 + 1e-6
         np.testing.assert_array_equal(mask, (prob > 0.5).astype(np.uint8))
     settings = json.loads((out / "segment.json").read_text())
-    assert (settings["steps"], settings["ensemble"], settings["seed"], settings["mode"]) == (2, 3, 0, "patchddm")
+    assert (settings["steps"], settings["ensemble"], settings["seed"], settings["mode"]) == (2, 2, 0, "patchddm")
 
 
-def test_segment_refuses_to_overwrite_without_the_flag(run_dir, raw, tmp_path):
+def test_segment_refuses_to_overwrite_without_the_flag(run_dir, segmented, phantom_data, tmp_path):
+    from patchddm.evaluate import segment
     out = tmp_path / "pred"
-    assert _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 2).returncode == 0
+    shutil.copytree(segmented, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
-    r = _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 3)
+    r = _cli("segment", run_dir, phantom_data.raw, out, "--steps", 2, "--ensemble", 3)
     assert r.returncode != 0
     _no_traceback(r)
     lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "ensemble: 2 → 3" in lines[0] and "--overwrite" in lines[0], r.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == before
-    # a foreign non-empty folder is refused too
+    # a foreign non-empty folder is refused too, and left alone
     (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    r = _cli("segment", run_dir, raw, tmp_path / "mine", "--steps", 2, "--ensemble", 2)
-    assert r.returncode != 0 and "segment.json" in r.stderr and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(PatchDDMError, match="segment.json"):
+        segment(run_dir, phantom_data.raw, tmp_path / "mine", steps=2, ensemble=2, progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # with --overwrite every case is redone
-    time.sleep(0.01)
-    r = _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 3, "--overwrite")
+    r = _cli("segment", run_dir, phantom_data.raw, out, "--steps", 2, "--ensemble", 3, "--overwrite")
     assert r.returncode == 0, r.stderr
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
     assert set(after) == set(before) and all(after[p] != before[p] for p in before)
+    assert json.loads((out / "segment.json").read_text())["ensemble"] == 3
 
 
 def test_interrupted_folder_run_resumes(run_dir, raw, tmp_path):
     out = tmp_path / "pred"
-    cmd = [sys.executable, "-m", "patchddm.cli", "segment", str(run_dir), str(raw), str(out), "--steps", "6",
-           "--ensemble", "8", "--seed", "3"]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "patchddm.cli", "segment", str(run_dir), str(raw), str(out), "--steps", "4",
+           "--ensemble", "4", "--seed", "3"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cases = sorted(p.name for p in raw.iterdir() if p.is_dir())
-    deadline = time.time() + 180
+    deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
             if out.is_dir() and any(_finished(out / c) for c in cases): break
@@ -119,7 +128,7 @@ def test_interrupted_folder_run_resumes(run_dir, raw, tmp_path):
     # a killed run leaves complete case folders or none (at most a hidden .partial folder)
     assert all(_finished(out / c) or not (out / c).exists() for c in cases)
     mtimes = {p: p.stat().st_mtime_ns for c in finished for p in (out / c).iterdir()}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
     assert r.returncode == 0, r.stderr
     assert all(_finished(out / c) for c in cases)
     assert {p: p.stat().st_mtime_ns for c in finished for p in (out / c).iterdir()} == mtimes   # skipped, untouched
@@ -131,7 +140,7 @@ def test_bad_case_gets_one_line_and_the_others_finish(run_dir, raw, tmp_path):
     bad = cases[2] / f"{cases[2].name}_flair.nii.gz"
     bad.write_bytes(bad.read_bytes()[:300])                    # truncated
     out = tmp_path / "pred"
-    r = _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 2)
+    r = _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 1)
     assert r.returncode == 1, (r.returncode, r.stderr)
     _no_traceback(r)
     about_bad = [l for l in r.stderr.splitlines() if bad.name in l]
@@ -144,18 +153,19 @@ def test_segment_function_summary_and_window(run_dir, raw, tmp_path):
     from patchddm.evaluate import segment
     out = tmp_path / "pred"
     (raw / "not-a-case").mkdir()
-    s = segment(run_dir, raw, out, steps=2, ensemble=2, window=16, progress=False)
+    s = segment(run_dir, raw, out, steps=2, ensemble=1, window=16, progress=False)
     assert len(s["done"]) == 5 and len(s["failed"]) == 1 and "not-a-case" in s["failed"][0]["error"]
     assert json.loads((out / "segment.json").read_text())["window"] == 16
     with pytest.raises(PatchDDMError, match="window: 16 → None"):
-        segment(run_dir, raw, out, steps=2, ensemble=2, progress=False)
+        segment(run_dir, raw, out, steps=2, ensemble=1, progress=False)
     with pytest.raises(PatchDDMError, match="input case folder"):
-        segment(run_dir, raw / "BraTS20_Training_001", raw, steps=2, ensemble=2, progress=False, overwrite=True)
+        segment(run_dir, raw / "BraTS20_Training_001", raw, steps=2, ensemble=1, progress=False, overwrite=True)
 
 
-def test_evaluate_cli_lists_missing_and_writes_csv(run_dir, raw, tmp_path, phantom_data):
+def test_evaluate_cli_lists_missing_and_flags_bad_files(segmented, phantom_data, tmp_path):
+    from patchddm.evaluate import evaluate_dirs
     out = tmp_path / "pred"
-    assert _cli("segment", run_dir, raw, out, "--steps", 2, "--ensemble", 1).returncode == 0
+    shutil.copytree(segmented, out)
     shutil.rmtree(out / "BraTS20_Training_004")
     csv = tmp_path / "metrics.csv"
     r = _cli("evaluate", out, phantom_data.raw, "--out", csv)
@@ -166,7 +176,9 @@ def test_evaluate_cli_lists_missing_and_writes_csv(run_dir, raw, tmp_path, phant
     ok = df[df.status == "ok"]
     assert len(ok) == 4 and ok["dice"].between(0, 1).all() and (ok["hd95"] >= 0).all()
     assert "BraTS20_Training_004" in r.stdout + r.stderr
-    assert _cli("evaluate", out, phantom_data.raw, "--out", csv).returncode != 0            # no silent overwrite
+    assert (tmp_path / "metrics.summary.csv").is_file()
+    with pytest.raises(PatchDDMError, match="exists"):                                   # no silent overwrite
+        evaluate_dirs(out, phantom_data.raw, out_csv=csv, progress=False)
     # a corrupt prediction: a one-line error naming it, non-zero exit, the CSV still lists every case
     (out / "BraTS20_Training_001" / "mask.nii.gz").write_bytes(b"garbage")
     r = _cli("evaluate", out, phantom_data.raw, "--out", tmp_path / "m2.csv")
