@@ -13,7 +13,8 @@ import typer
 from .core import PatchDDMError, load_settings
 
 # %% auto #0
-__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'segment', 'evaluate', 'profile', 'demo', 'main']
+__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'segment', 'evaluate', 'profile', 'demo', 'parse_sets',
+           'ablate', 'main']
 
 # %% ../nbs/08_cli.ipynb #5f4b8685
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -196,6 +197,38 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
                      ensemble=ensemble, seed=seed, report=report)
     if train_steps is not None: cfg.train_steps = train_steps
     run_demo(out_dir or load_settings().results_dir / "demo", cfg, overwrite=overwrite, progress=True)
+
+# %% ../nbs/08_cli.ipynb #a749c33b
+def parse_sets(items: list[str]) -> dict:
+    "`['name=json', ...]` → {name: value}; a value that is not JSON is kept as a string."
+    import json
+    out = {}
+    for it in items:
+        name, sep, val = it.partition("=")
+        if not sep or not name.strip(): raise PatchDDMError(f"--set {it!r}", "expected NAME=VALUE")
+        try: out[name.strip()] = json.loads(val)
+        except ValueError: out[name.strip()] = val
+    return out
+
+@app.command()
+@cli_errors
+def ablate(out_dir: Optional[Path] = typer.Argument(None, help="results root (default: <results_dir>/ablations)"),
+           modes: str = typer.Option("patchddm,fullres,halfres,patchddm-nocoords", help="comma-separated modes"),
+           quick: bool = typer.Option(False, help="the tiny smoke-test grid"),
+           data_dir: Optional[Path] = typer.Option(None, help="BraTS-layout data (default: phantoms written under OUT_DIR)"),
+           prep_dir: Optional[Path] = typer.Option(None, help="preprocessed cache (default: under OUT_DIR)"),
+           set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of an AblationGrid field (repeatable)"),
+           report: bool = typer.Option(True, help="render report.ipynb/html after the runs"),
+           overwrite: bool = typer.Option(False, help="re-run finished modes and replace their results")):
+    "Run the ablation notebook once per mode with papermill, then the report (the paper's Tables 1-3, Figures 4, 5, 8)."
+    from patchddm.experiments import run_ablations
+    params = parse_sets(set_)
+    if data_dir is not None: params["data_dir"] = data_dir
+    if prep_dir is not None: params["prep_dir"] = prep_dir
+    s = run_ablations(out_dir or load_settings().results_dir / "ablations",
+                      modes=[m.strip() for m in modes.split(",") if m.strip()], quick=quick, overwrite=overwrite,
+                      report=report, progress=True, **params)
+    typer.echo(f"ablate: {len(s['modes'])} modes in {s['seconds'] / 60:.1f} min → {s['out_root']}")
 
 # %% ../nbs/08_cli.ipynb #0c0c4b11
 def main():
