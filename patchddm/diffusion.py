@@ -15,21 +15,23 @@ from tqdm import tqdm
 from .core import PatchDDMError
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'EpsFn', 'SPACINGS', 'SOLVERS', 'DEFAULT_SPACING', 'DiffusionConfig', 'beta_schedule', 'Diffusion',
-           'mask_to_x0', 'x0_to_mask', 'model_eps_fn', 'gaussian_eps_fn', 'binary_eps_fn', 'nfe', 'RunningStats',
-           'EnsembleResult']
+__all__ = ['SCHEDULES', 'PREDICTIONS', 'EpsFn', 'SPACINGS', 'SOLVERS', 'DEFAULT_SPACING', 'DiffusionConfig', 'beta_schedule',
+           'Diffusion', 'mask_to_x0', 'x0_to_mask', 'model_eps_fn', 'gaussian_eps_fn', 'binary_eps_fn', 'nfe',
+           'RunningStats', 'EnsembleResult']
 
 # %% ../nbs/03_diffusion.ipynb #009779a3
 SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v", "x0")
 
 @dataclass
 class DiffusionConfig:
-    "Settings of the forward process: `T` steps and a β schedule (`linear` βₜ from `beta_start` to `beta_end`, or `cosine`)."
+    "Settings of the forward process: `T` steps, a β schedule (`linear` βₜ from `beta_start` to `beta_end`, or `cosine`) and what the network predicts."
     T: int = 1000
     schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     cosine_s: float = 0.008
+    prediction: str = "eps"     # eps (the paper's), v (v = √ᾱ·ε − √(1−ᾱ)·x0) or x0
 
     def __post_init__(self):
         where = "diffusion config"
@@ -40,6 +42,8 @@ class DiffusionConfig:
         if not (0 < self.beta_start <= self.beta_end < 1):
             raise PatchDDMError(where, f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if not self.cosine_s > 0: raise PatchDDMError(where, f"cosine_s must be > 0, got {self.cosine_s}")
+        if self.prediction not in PREDICTIONS:
+            raise PatchDDMError(where, f"unknown prediction {self.prediction!r} (choose from {', '.join(PREDICTIONS)})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -152,6 +156,26 @@ def binary_eps_fn(diff: Diffusion, p: float | Tensor | None = None) -> EpsFn:
     return eps_fn
 
 # %% ../nbs/03_diffusion.ipynb #44e83a40
+@_method
+def _target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+    "The regression target of the network for x0, ε (B, 1, ...) and t (B,): ε, v or x0 by `cfg.prediction`."
+    if self.cfg.prediction == "eps": return eps
+    if self.cfg.prediction == "x0": return x0
+    t = t.to(self.device)
+    a, b = _bcast(self.sqrt_alpha_bar[t].to(x0.device), x0), _bcast(self.sqrt_one_minus_alpha_bar[t].to(x0.device), x0)
+    return a * eps - b * x0
+
+@_method
+def _output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    "ε implied by a network output `out` (B, 1, ...) at x_t (B, 1, ...) and t (B,), for `cfg.prediction`."
+    if self.cfg.prediction == "eps": return out
+    t = t.to(self.device)
+    a = _bcast(self.sqrt_alpha_bar[t].to(out.device, out.dtype), out)
+    b = _bcast(self.sqrt_one_minus_alpha_bar[t].to(out.device, out.dtype), out)
+    if self.cfg.prediction == "v": return b * x_t + a * out
+    return (x_t - a * out) / b
+
+# %% ../nbs/03_diffusion.ipynb #6903aed2
 def _check_cond(cond: Tensor | None, shape: Sequence[int], where: str) -> None:
     "Raise unless `cond` is None or (B, C, *spatial) matching `shape` = (B, 1, *spatial)."
     if cond is None: return
@@ -183,7 +207,7 @@ def _loss(self: Diffusion, eps_fn: EpsFn, x0: Tensor, cond: Tensor | None = None
     eps = _randn(x0.shape, generator, x0.device)
     x_t = self.q_sample(x0.float(), t, eps)
     pred = _check_eps(eps_fn(x_t, t, cond), x_t)
-    loss = (pred.float() - eps).pow(2).mean()
+    loss = (pred.float() - self.target(x0.float(), eps, t)).pow(2).mean()
     return (loss, t) if return_t else loss
 
 # %% ../nbs/03_diffusion.ipynb #512c9729
@@ -223,7 +247,8 @@ class _Evaluator:
     def __call__(self, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         a = self.diff.abar(t)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = _check_eps(self.eps_fn(x, tt, self.cond), x).to(x.dtype)
+        out = _check_eps(self.eps_fn(x, tt, self.cond), x).to(x.dtype)
+        eps = self.diff.output_to_eps(out, x, tt)
         x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
         if self.clip:
             x0 = x0.clamp(-1, 1)

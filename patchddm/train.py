@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .core import (PatchDDMError, cpu_has_bf16, pick_device, prepare_output_dir, save_json, save_torch,
                            seed_everything)
 from .data import PreparedDataset
-from .diffusion import Diffusion, DiffusionConfig
+from .diffusion import PREDICTIONS, Diffusion, DiffusionConfig
 from .model import PRESETS, UNet3D, UNetConfig, preset_config
 from .patching import add_coords, crop, patch_dist, sample_patch_start
 
@@ -55,6 +55,7 @@ class TrainConfig:
     patch_dist: str = "paper"            # patch-start distribution (patchddm.patching.PATCH_DISTS)
     steps: int = 1000                    # optimisation steps in total
     lr: float | None = None              # AdamW learning rate (default: `default_lr(preset)`)
+    prediction: str = "eps"              # what the network predicts: eps (the paper's), v or x0 (patchddm.diffusion)
     batch: int = 1                       # batch size per process
     ema: float | None = None             # EMA decay of the weights, e.g. 0.999 (None: off)
     grad_clip: float | None = None       # max global gradient norm (None: off)
@@ -267,6 +268,8 @@ def _check_number(cfg: TrainConfig, name: str, lo: float, integer: bool = True, 
 def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
     "Validate `cfg` against its cache and this machine; return the resolved config and facts (size, splits, model cfg)."
     if cfg.mode not in MODES: raise PatchDDMError(f"mode {cfg.mode!r}", f"unknown mode; choose one of {', '.join(MODES)}")
+    if cfg.prediction not in PREDICTIONS:
+        raise PatchDDMError(f"prediction {cfg.prediction!r}", f"unknown; choose one of {', '.join(PREDICTIONS)}")
     if cfg.preset not in PRESETS: raise PatchDDMError(f"preset {cfg.preset!r}", f"unknown preset; choose one of {', '.join(PRESETS)}")
     for name, lo, integer, optional, below in [("steps", 1, True, False, None), ("batch", 1, True, False, None),
             ("lr", 0, False, True, None), ("ema", 0, False, True, 1), ("grad_clip", 0, False, True, None),
@@ -498,7 +501,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
 
 def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: bool, progress: bool) -> dict:
     "The body of `train` after the config check (and process-group setup)."
-    diffusion = Diffusion(DiffusionConfig())
+    diffusion = Diffusion(DiffusionConfig(prediction=cfg.prediction))
     run, devs = cfg.run_dir, info["devices"]
     err, ck = None, None
     if d.main:
@@ -552,7 +555,7 @@ def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: b
             x_t = diffusion.q_sample(x0, t, eps)
             with _autocast(cfg.amp, devs[0].type):
                 out = net(torch.cat([cond, x_t], 1), t)
-            loss = F.mse_loss(out.float(), eps.to(out.device))
+            loss = F.mse_loss(out.float(), diffusion.target(x0, eps, t).to(out.device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             lv = loss.detach().reshape(1).to(devs[0])
