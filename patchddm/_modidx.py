@@ -379,6 +379,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'patchddm.train.downsample_mask': ('train.html#downsample_mask', 'patchddm/train.py'),
                                 'patchddm.train.load_checkpoint': ('train.html#load_checkpoint', 'patchddm/train.py'),
                                 'patchddm.train.load_run': ('train.html#load_run', 'patchddm/train.py'),
+                                'patchddm.train.lr_at': ('train.html#lr_at', 'patchddm/train.py'),
                                 'patchddm.train.make_cond': ('train.html#make_cond', 'patchddm/train.py'),
                                 'patchddm.train.param_sha': ('train.html#param_sha', 'patchddm/train.py'),
                                 'patchddm.train.parse_devices': ('train.html#parse_devices', 'patchddm/train.py'),

@@ -78,6 +78,7 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
           patch_dist: str = typer.Option("paper", help="patch-start distribution: paper | code | uniform"),
           steps: int = typer.Option(1000, help="optimisation steps"),
           lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default: the preset's)"),
+          prediction: str = typer.Option("eps", help="what the network predicts: eps (the paper's) | v | x0"),
           batch: int = typer.Option(1, help="batch size per process"),
           ema: Optional[float] = typer.Option(None, help="EMA decay of the weights, e.g. 0.999"),
           grad_clip: Optional[float] = typer.Option(None, help="max gradient norm"),
@@ -97,7 +98,8 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
     from patchddm.train import TrainConfig, train as _train
     s = load_settings()
     cfg = TrainConfig(prep_dir=prep_dir or s.prep_dir, run_dir=run_dir or s.results_dir / mode, mode=mode,
-                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, steps=steps, lr=lr, batch=batch,
+                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, steps=steps, lr=lr,
+                      prediction=prediction, batch=batch,
                       ema=ema, grad_clip=grad_clip, amp=amp, checkpointing=checkpointing,
                       devices=devices or s.device, val_every=val_every, val_steps=val_steps, val_cases=val_cases,
                       ckpt_every=ckpt_every, log_every=log_every, seed=s.seed if seed is None else seed,

@@ -26,11 +26,11 @@ from .model import PRESETS, UNet3D, UNetConfig, preset_config
 from .patching import add_coords, crop, patch_dist, sample_patch_start
 
 # %% auto #0
-__all__ = ['MODES', 'PATCH_MODES', 'AMP_CHOICES', 'PAPER_LR', 'CPU_LR', 'CKPT_FORMAT', 'LOG_FIELDS', 'default_lr', 'TrainConfig',
-           'config_diff', 'step_seed', 'step_generator', 'downsample_mask', 'make_cond', 'sample_mask', 'dice_score',
-           'rng_state', 'set_rng_state', 'EMA', 'swapped_weights', 'parse_devices', 'check_config', 'step_batch',
-           'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha', 'load_checkpoint', 'train', 'Run',
-           'load_run']
+__all__ = ['MODES', 'PATCH_MODES', 'AMP_CHOICES', 'PAPER_LR', 'CPU_LR', 'LR_SCHEDULES', 'CKPT_FORMAT', 'LOG_FIELDS', 'default_lr',
+           'lr_at', 'TrainConfig', 'config_diff', 'step_seed', 'step_generator', 'downsample_mask', 'make_cond',
+           'sample_mask', 'dice_score', 'rng_state', 'set_rng_state', 'EMA', 'swapped_weights', 'parse_devices',
+           'check_config', 'step_batch', 'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha',
+           'load_checkpoint', 'train', 'Run', 'load_run']
 
 # %% ../nbs/04_train.ipynb #e0bc536f
 MODES: dict[str, int] = {"patchddm": 8, "patchddm-nocoords": 5, "fullres": 5, "halfres": 5}  # mode → network in_ch
@@ -42,6 +42,18 @@ CPU_LR = 1e-3     # winner of the lr sweep below (small preset, 64³ phantoms, p
 def default_lr(preset: str) -> float:
     "The default AdamW learning rate of `preset`: the paper's for `paper`, the CPU sweep's winner otherwise."
     return PAPER_LR if preset == "paper" else CPU_LR
+
+LR_SCHEDULES = ("constant", "cosine")
+
+def lr_at(cfg: "TrainConfig", step: int) -> float:
+    "Learning rate of optimisation step `step` (1 … cfg.steps): linear warm-up, then constant or cosine decay to 0."
+    base = default_lr(cfg.preset) if cfg.lr is None else float(cfg.lr)
+    w = int(cfg.warmup)
+    if w and step <= w: return base * step / w
+    if cfg.lr_schedule == "cosine":
+        frac = (step - w) / max(1, int(cfg.steps) - w)
+        return base * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return base
 
 # %% ../nbs/04_train.ipynb #c55b8fe2
 @dataclass
@@ -55,6 +67,8 @@ class TrainConfig:
     patch_dist: str = "paper"            # patch-start distribution (patchddm.patching.PATCH_DISTS)
     steps: int = 1000                    # optimisation steps in total
     lr: float | None = None              # AdamW learning rate (default: `default_lr(preset)`)
+    lr_schedule: str = "constant"        # constant (the paper's) | cosine (decay to 0 at the last step)
+    warmup: int = 0                      # linear learning-rate warm-up over the first N steps
     prediction: str = "eps"              # what the network predicts: eps (the paper's), v or x0 (patchddm.diffusion)
     batch: int = 1                       # batch size per process
     ema: float | None = None             # EMA decay of the weights, e.g. 0.999 (None: off)
@@ -270,12 +284,14 @@ def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
     if cfg.mode not in MODES: raise PatchDDMError(f"mode {cfg.mode!r}", f"unknown mode; choose one of {', '.join(MODES)}")
     if cfg.prediction not in PREDICTIONS:
         raise PatchDDMError(f"prediction {cfg.prediction!r}", f"unknown; choose one of {', '.join(PREDICTIONS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise PatchDDMError(f"lr_schedule {cfg.lr_schedule!r}", f"unknown; choose one of {', '.join(LR_SCHEDULES)}")
     if cfg.preset not in PRESETS: raise PatchDDMError(f"preset {cfg.preset!r}", f"unknown preset; choose one of {', '.join(PRESETS)}")
     for name, lo, integer, optional, below in [("steps", 1, True, False, None), ("batch", 1, True, False, None),
             ("lr", 0, False, True, None), ("ema", 0, False, True, 1), ("grad_clip", 0, False, True, None),
             ("val_every", 0, True, False, None), ("val_steps", 1, True, False, None), ("val_cases", 1, True, True, None),
             ("ckpt_every", 1, True, False, None), ("log_every", 1, True, False, None), ("seed", 0, True, False, None),
-            ("workers", 0, True, False, None), ("patch", 1, True, True, None)]:
+            ("workers", 0, True, False, None), ("patch", 1, True, True, None), ("warmup", 0, True, False, None)]:
         _check_number(cfg, name, lo, integer, optional, below)
     patch_dist(cfg.patch_dist)
     devs = parse_devices("cuda" if cfg.devices == "auto" and torch.cuda.is_available() else
@@ -556,6 +572,7 @@ def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: b
             with _autocast(cfg.amp, devs[0].type):
                 out = net(torch.cat([cond, x_t], 1), t)
             loss = F.mse_loss(out.float(), diffusion.target(x0, eps, t).to(out.device))
+            for group in opt.param_groups: group["lr"] = lr_at(cfg, s)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             lv = loss.detach().reshape(1).to(devs[0])
