@@ -78,6 +78,8 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
           patch_dist: str = typer.Option("paper", help="patch-start distribution: paper | code | uniform"),
           steps: int = typer.Option(1000, help="optimisation steps"),
           lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default: the preset's)"),
+          lr_schedule: str = typer.Option("constant", help="constant (the paper's) | cosine (decay to 0)"),
+          warmup: int = typer.Option(0, help="linear learning-rate warm-up steps"),
           prediction: str = typer.Option("eps", help="what the network predicts: eps (the paper's) | v | x0"),
           batch: int = typer.Option(1, help="batch size per process"),
           ema: Optional[float] = typer.Option(None, help="EMA decay of the weights, e.g. 0.999"),
@@ -99,7 +101,7 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
     s = load_settings()
     cfg = TrainConfig(prep_dir=prep_dir or s.prep_dir, run_dir=run_dir or s.results_dir / mode, mode=mode,
                       preset=preset or s.preset, patch=patch, patch_dist=patch_dist, steps=steps, lr=lr,
-                      prediction=prediction, batch=batch,
+                      lr_schedule=lr_schedule, warmup=warmup, prediction=prediction, batch=batch,
                       ema=ema, grad_clip=grad_clip, amp=amp, checkpointing=checkpointing,
                       devices=devices or s.device, val_every=val_every, val_steps=val_steps, val_cases=val_cases,
                       ckpt_every=ckpt_every, log_every=log_every, seed=s.seed if seed is None else seed,

@@ -14,10 +14,10 @@ import pandas as pd
 
 from .core import PatchDDMError, atomic_path, load_settings, save_json
 from .data import PrepConfig, PreparedDataset, preprocess_dataset, write_phantoms
-from .diffusion import SOLVERS, nfe
+from .diffusion import PREDICTIONS, SOLVERS, nfe
 from .evaluate import ensemble_table, profile_table, summarize
 from .model import PRESETS, preset_config
-from .train import AMP_CHOICES, MODES, PATCH_MODES, TrainConfig, read_log, train
+from .train import AMP_CHOICES, LR_SCHEDULES, MODES, PATCH_MODES, TrainConfig, read_log, train
 
 # %% auto #0
 __all__ = ['MODE_ORDER', 'MODE_NAMES', 'PAPER', 'NOTEBOOKS', 'RESULTS_FORMAT', 'RUN_OUTPUTS', 'GRID_COLUMNS', 'paper_table1',
@@ -84,14 +84,17 @@ class AblationGrid:
     size: int = 64                         # cube edge of the preprocessed cache (the volume size)
     spacing: float | None = None           # resample to this isotropic spacing (mm) first; None keeps the data's
     patch: int | None = 32                 # patch edge of the patch modes (None: size / 2)
-    train_steps: int = 600                 # optimisation steps, equal for every mode
-    lr: float | None = None                # AdamW learning rate (None: the preset's default)
+    train_steps: int = 400                 # optimisation steps, equal for every mode
+    lr: float | None = 2e-3                # peak AdamW learning rate (None: the preset's default)
+    lr_schedule: str = "cosine"            # constant (the paper's) | cosine decay to 0 (short CPU runs)
+    warmup: int = 50                       # linear learning-rate warm-up steps
+    prediction: str = "v"                  # network output: eps (the paper's) | v (learns within CPU budgets) | x0
     amp: str = "auto"                      # mixed precision: auto | bf16 | fp16 | none
     seed: int = 0                          # phantoms, split, training and sampling seeds
     val_every: int = 100                   # validate every N steps (Figure 8; selects best.pt)
     val_steps: int = 10                    # DDIM steps of a validation sample
     val_cases: int | None = None           # validate on the first N validation cases (None: all)
-    sampling_steps: list = field(default_factory=lambda: [2, 5, 10, 20])   # Figure 5 rows
+    sampling_steps: list = field(default_factory=lambda: [2, 5, 10])       # Figure 5 rows
     main_steps: int = 10                   # steps of the single evaluation and of the ensemble curve
     solvers: list = field(default_factory=lambda: ["ddim", "dpm++2m"])     # the first one is the main solver
     ensemble_sizes: list = field(default_factory=lambda: [1, 3, 5])        # Table 3 columns; max = members sampled
@@ -116,7 +119,8 @@ class AblationGrid:
     @classmethod
     def paper(cls, **kw) -> "AblationGrid":
         "The paper's setup (§3): paper preset, 256³ BraTS volumes, 128³ patches, lr 1e-5, 1000-step DDIM, 15 members."
-        return cls(**{**dict(preset="paper", size=256, patch=128, train_steps=150_000, lr=1e-5, val_every=5000,
+        return cls(**{**dict(preset="paper", size=256, patch=128, train_steps=150_000, lr=1e-5, lr_schedule="constant",
+                             warmup=0, prediction="eps", val_every=5000,
                              val_steps=100, sampling_steps=[10, 20, 50, 100], main_steps=1000,
                              ensemble_sizes=[1, 3, 5, 7, 15], profile_repeats=3, phantoms=0), **kw}).check()
 
@@ -128,7 +132,7 @@ class AblationGrid:
             if v is None and optional: return
             if not _is_int(v) or v < lo: bad(name, f"must be an integer ≥ {lo}" + (" or None" if optional else ""))
         if self.preset not in PRESETS: bad("preset", f"unknown preset; choose one of {', '.join(sorted(PRESETS))}")
-        for n, lo in (("size", 2), ("train_steps", 1), ("seed", 0), ("val_every", 0), ("val_steps", 1),
+        for n, lo in (("size", 2), ("train_steps", 1), ("warmup", 0), ("seed", 0), ("val_every", 0), ("val_steps", 1),
                       ("main_steps", 1), ("profile_repeats", 1), ("phantoms", 0)): ints(n, lo)
         for n in ("patch", "val_cases", "test_cases"): ints(n, 1, optional=True)
         mult = preset_config(self.preset).multiple
@@ -140,6 +144,8 @@ class AblationGrid:
                                              and self.spacing > 0): bad("spacing", "must be a positive number of mm or None")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0): bad("lr", "must be > 0 or None")
         if self.amp not in AMP_CHOICES: bad("amp", f"choose one of {', '.join(AMP_CHOICES)}")
+        if self.lr_schedule not in LR_SCHEDULES: bad("lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}")
+        if self.prediction not in PREDICTIONS: bad("prediction", f"choose one of {', '.join(PREDICTIONS)}")
         if self.phantom_resolution not in (1, 2, 4): bad("phantom_resolution", "phantoms come at 1, 2 or 4 mm")
         for n in ("sampling_steps", "ensemble_sizes", "solvers"):
             v = getattr(self, n)
@@ -189,6 +195,7 @@ class AblationGrid:
         every = self.val_every or self.train_steps
         return TrainConfig(prep_dir, run_dir, mode=mode, preset=self.preset,
                            patch=self.patch if mode in PATCH_MODES else None, steps=self.train_steps, lr=self.lr,
+                           lr_schedule=self.lr_schedule, warmup=self.warmup, prediction=self.prediction,
                            amp=self.amp, devices=self.device, val_every=self.val_every, val_steps=self.val_steps,
                            val_cases=self.val_cases, ckpt_every=every, log_every=max(1, min(every, self.train_steps // 50 or 1)),
                            seed=self.seed)
