@@ -190,15 +190,16 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
          preset: str = typer.Option("small", help="model preset"),
          patch: int = typer.Option(32, help="training patch edge"),
          train_steps: Optional[int] = typer.Option(None, help="training steps (default: the demo's)"),
-         sample_steps: int = typer.Option(20, help="DDIM steps at test time"),
+         sample_steps: int = typer.Option(10, help="DDIM steps at test time"),
          ensemble: int = typer.Option(5, help="ensemble members per test case"),
+         window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
          seed: int = typer.Option(0, help="seed of data, split, training and sampling"),
          report: bool = typer.Option(True, help="render the papermill report"),
          overwrite: bool = typer.Option(False, help="start over instead of reusing finished stages")):
     "Run the main job on the embedded data: phantoms → cache → train → segment → evaluate → report."
     from patchddm.demo import DemoConfig, run_demo
     cfg = DemoConfig(n_cases=n_cases, resolution=resolution, preset=preset, patch=patch, sample_steps=sample_steps,
-                     ensemble=ensemble, seed=seed, report=report)
+                     ensemble=ensemble, window=window, seed=seed, report=report)
     if train_steps is not None: cfg.train_steps = train_steps
     run_demo(out_dir or load_settings().results_dir / "demo", cfg, overwrite=overwrite, progress=True)
 

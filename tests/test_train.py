@@ -82,7 +82,8 @@ def test_loss_goes_down_when_overfitting_one_case(prep, tmp_path):
 
 
 def test_resume_after_sigkill_is_bit_identical(prep, tmp_path):
-    full = _cfg(prep, tmp_path / "full", steps=8, ckpt_every=2, val_every=4, ema=0.9, grad_clip=1.0, workers=1)
+    full = _cfg(prep, tmp_path / "full", steps=8, ckpt_every=2, val_every=4, ema=0.9, grad_clip=1.0, workers=1,
+                lr_schedule="cosine", warmup=3, prediction="v")
     killed = replace(full, run_dir=tmp_path / "killed")
     r = subprocess.run([sys.executable, WORKER, _spec(full)], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -135,6 +136,8 @@ def test_fullres_split_over_cpu_cpu_matches_unsplit(prep, tmp_path):
     (dict(mode="quarterres"), "mode 'quarterres': unknown mode"),
     (dict(prep_dir="MISSING"), "preprocessed cache not found"),
     (dict(patch=18), "must be a multiple of 4"),
+    (dict(prediction="score"), "prediction 'score': unknown"),
+    (dict(lr_schedule="step"), "lr_schedule 'step': unknown"),
 ])
 def test_bad_config_is_one_line_error(prep, tmp_path, change, message):
     if change.get("prep_dir") == "MISSING": prep, change = tmp_path / "no-cache", {}
@@ -148,13 +151,13 @@ def test_bad_config_is_one_line_error(prep, tmp_path, change, message):
 
 
 def test_cli_train(prep, tmp_path):
-    "`patchddm train` as wired in the CLI (skipped until the CLI has the command)."
-    h = subprocess.run([sys.executable, "-m", "patchddm.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
-    if " train " not in h.stdout: pytest.skip("the CLI has no `train` command yet")
+    "`patchddm train` as wired in the CLI: trains, then refuses the now non-empty run folder with one line."
     args = [sys.executable, "-m", "patchddm.cli", "train", str(prep), str(tmp_path / "run"), "--mode", "patchddm",
-            "--preset", "tiny", "--patch", "16", "--steps", "2", "--val-every", "2", "--val-steps", "2", "--seed", "0"]
+            "--preset", "tiny", "--patch", "16", "--steps", "2", "--val-every", "2", "--val-steps", "2", "--seed", "0",
+            "--prediction", "v", "--lr-schedule", "cosine", "--warmup", "1"]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["step"] == 2 and ck["diffusion_config"]["prediction"] == "v" and ck["train_config"]["lr_schedule"] == "cosine"
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and "not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1
