@@ -190,7 +190,7 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
          preset: str = typer.Option("small", help="model preset"),
          patch: int = typer.Option(32, help="training patch edge"),
          train_steps: Optional[int] = typer.Option(None, help="training steps (default: the demo's)"),
-         sample_steps: int = typer.Option(10, help="DDIM steps at test time"),
+         sample_steps: int = typer.Option(2, help="DDIM steps at test time"),
          ensemble: int = typer.Option(5, help="ensemble members per test case"),
          window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
          seed: int = typer.Option(0, help="seed of data, split, training and sampling"),
