@@ -156,7 +156,7 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="prediction folder writte
              truth_dir: Path = typer.Argument(..., help="BraTS case folders with their seg files"),
              out: Optional[Path] = typer.Option(None, help="per-case CSV to write"),
              overwrite: bool = typer.Option(False, help="replace an existing CSV")):
-    "Per-case Dice and HD95 (mm) and their mean ± std, like the paper's Table 2."
+    "Per-case Dice and HD95 (mm) and their mean ± std, like the paper's Table 2; exit 1 if a case could not be read."
     from patchddm.evaluate import evaluate_dirs, summarize
     df = evaluate_dirs(pred_dir, truth_dir, out, overwrite=overwrite, progress=True)
     cols = [c for c in ("case_id", "status", "dice", "hd95") if c in df]
@@ -164,6 +164,10 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="prediction folder writte
     sm = summarize(df).iloc[0]
     typer.echo(f"evaluate: Dice {sm['dice_mean']:.3f} ± {sm['dice_std']:.3f}, HD95 {sm['hd95_mean']:.2f} ± "
                f"{sm['hd95_std']:.2f} mm over {int(sm['n'])} cases" + (f" → {out}" if out else ""))
+    bad = df[df["status"] == "error"]
+    if len(bad):     # unreadable predictions or truths: the CSV lists them, the exit status says so
+        typer.echo(f"error: {len(bad)} case(s) could not be evaluated (listed above and in the CSV)", err=True)
+        raise typer.Exit(1)
 
 @app.command()
 @cli_errors
