@@ -158,11 +158,7 @@ def _plot(df):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 32³ volume, 16³ windows, DDIM 2 steps only")
-    ap.add_argument("--device", default="auto")
+    ap = report.base_parser(__doc__, "smoke run: 32³ volume, 16³ windows, DDIM 2 steps only")
     ap.add_argument("--run", type=Path, help="a trained run folder (default: an untrained small network)")
     ap.add_argument("--prep", type=Path, help="the run's preprocessed cache (default: the one it was trained on)")
     ap.add_argument("--size", type=int, help="volume edge without --run (default 64)")

@@ -89,11 +89,7 @@ def _plot(df):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="smoke run: P = 16, one timed step")
-    ap.add_argument("--device", default="auto")
+    ap = report.base_parser(__doc__, "smoke run: P = 16, one timed step")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--patches", type=int, nargs="+", help="patch edges P (default: CPU 32 48, GPU 64 128)")
     ap.add_argument("--repeats", type=int)

@@ -86,11 +86,7 @@ def _plot(df):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="smoke run: one case, 2 steps per solver")
-    ap.add_argument("--device", default="auto")
+    ap = report.base_parser(__doc__, "smoke run: one case, 2 steps per solver")
     ap.add_argument("--run", type=Path, help="a trained run folder (its cache's test split is used)")
     ap.add_argument("--prep", type=Path, help="the run's preprocessed cache (default: the one it was trained on)")
     ap.add_argument("--cases", type=int, default=3)

@@ -113,3 +113,14 @@ def style():
     import seaborn as sns
     sns.set_theme(style="whitegrid", context="paper", font_scale=0.95)
     return sns
+
+
+def base_parser(doc: str, quick_help: str, device: bool = True):
+    "An argparse parser with the options every benchmark shares: --out, --overwrite, --quick (and --device)."
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    if device: ap.add_argument("--device", default="auto")
+    return ap

@@ -79,10 +79,7 @@ def _plot(raw: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    ap = report.base_parser(__doc__, f"smoke run: {QUICK}", device=False)
     ap.add_argument("--size", type=int); ap.add_argument("--base", type=int)
     ap.add_argument("--mults", type=int, nargs="+"); ap.add_argument("--res-blocks", type=int)
     ap.add_argument("--threads", type=int, default=1)
