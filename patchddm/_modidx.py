@@ -139,6 +139,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'patchddm.diffusion._output_to_eps': ('diffusion.html#_output_to_eps', 'patchddm/diffusion.py'),
                                     'patchddm.diffusion._randn': ('diffusion.html#_randn', 'patchddm/diffusion.py'),
                                     'patchddm.diffusion._sample': ('diffusion.html#_sample', 'patchddm/diffusion.py'),
+                                    'patchddm.diffusion._sqrt_ab': ('diffusion.html#_sqrt_ab', 'patchddm/diffusion.py'),
                                     'patchddm.diffusion._start': ('diffusion.html#_start', 'patchddm/diffusion.py'),
                                     'patchddm.diffusion._target': ('diffusion.html#_target', 'patchddm/diffusion.py'),
                                     'patchddm.diffusion._timesteps': ('diffusion.html#_timesteps', 'patchddm/diffusion.py'),

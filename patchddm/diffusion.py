@@ -156,22 +156,24 @@ def binary_eps_fn(diff: Diffusion, p: float | Tensor | None = None) -> EpsFn:
     return eps_fn
 
 # %% ../nbs/03_diffusion.ipynb #44e83a40
+def _sqrt_ab(diff: Diffusion, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    "√ᾱₜ and √(1−ᾱₜ) of t (B,), broadcast against `like` (B, 1, ...) on its device and dtype."
+    t = t.to(diff.device)
+    return tuple(_bcast(v[t].to(like.device, like.dtype), like) for v in (diff.sqrt_alpha_bar, diff.sqrt_one_minus_alpha_bar))
+
 @_method
 def _target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
     "The regression target of the network for x0, ε (B, 1, ...) and t (B,): ε, v or x0 by `cfg.prediction`."
     if self.cfg.prediction == "eps": return eps
     if self.cfg.prediction == "x0": return x0
-    t = t.to(self.device)
-    a, b = _bcast(self.sqrt_alpha_bar[t].to(x0.device), x0), _bcast(self.sqrt_one_minus_alpha_bar[t].to(x0.device), x0)
+    a, b = _sqrt_ab(self, t, x0)
     return a * eps - b * x0
 
 @_method
 def _output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     "ε implied by a network output `out` (B, 1, ...) at x_t (B, 1, ...) and t (B,), for `cfg.prediction`."
     if self.cfg.prediction == "eps": return out
-    t = t.to(self.device)
-    a = _bcast(self.sqrt_alpha_bar[t].to(out.device, out.dtype), out)
-    b = _bcast(self.sqrt_one_minus_alpha_bar[t].to(out.device, out.dtype), out)
+    a, b = _sqrt_ab(self, t, out)
     if self.cfg.prediction == "v": return b * x_t + a * out
     return (x_t - a * out) / b
 
