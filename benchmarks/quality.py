@@ -3,7 +3,7 @@
 
 Each point is `patchddm.evaluate.sampling_study` with one ensemble member (seed 0) per case: the mean Dice (and
 HD95) over `--cases` test cases of the run's cache, at the solver's NFE (`patchddm.diffusion.nfe`: Heun spends
-2·steps − 1, the others `steps`). Needs a trained run (`--run RUN_DIR`); without one the JSON records that nothing
+2·steps − 2, the others `steps`). Needs a trained run (`--run RUN_DIR`); without one the JSON records that nothing
 was measured.
 
     python benchmarks/quality.py --out benchmarks/results --run RUN_DIR
@@ -19,7 +19,7 @@ import measure as M
 import report
 
 NAME = "quality"
-STEPS = {"ddim": [2, 4, 10], "dpm++2m": [2, 4, 10], "heun": [2, 3, 5]}
+STEPS = {"ddim": [2, 4, 10], "dpm++2m": [2, 4, 10], "heun": [2, 3, 6]}
 QUICK_STEPS = {"ddim": [2], "dpm++2m": [2], "heun": [2]}
 
 

@@ -76,6 +76,7 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
           preset: Optional[str] = typer.Option(None, help="model preset: tiny | small | paper (default: settings preset)"),
           patch: Optional[int] = typer.Option(None, help="patch edge for the patch modes (default: half the volume)"),
           patch_dist: str = typer.Option("paper", help="patch-start distribution: paper | code | uniform"),
+          flip: bool = typer.Option(False, help="mirror training samples left–right with probability ½"),
           steps: int = typer.Option(1000, help="optimisation steps"),
           lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default: the preset's)"),
           lr_schedule: str = typer.Option("constant", help="constant (the paper's) | cosine (decay to 0)"),
@@ -100,7 +101,7 @@ def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cac
     from patchddm.train import TrainConfig, train as _train
     s = load_settings()
     cfg = TrainConfig(prep_dir=prep_dir or s.prep_dir, run_dir=run_dir or s.results_dir / mode, mode=mode,
-                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, steps=steps, lr=lr,
+                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, flip=flip, steps=steps, lr=lr,
                       lr_schedule=lr_schedule, warmup=warmup, prediction=prediction, batch=batch,
                       ema=ema, grad_clip=grad_clip, amp=amp, checkpointing=checkpointing,
                       devices=devices or s.device, val_every=val_every, val_steps=val_steps, val_cases=val_cases,
@@ -189,22 +190,23 @@ def profile(mode: str = typer.Option("patchddm", help="patchddm | fullres | half
 @app.command()
 @cli_errors
 def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (default: <results_dir>/demo)"),
-         n_cases: int = typer.Option(40, help="phantom cases"),
-         resolution: int = typer.Option(4, help="phantom resolution in mm (4 → 64³ volumes)"),
-         preset: str = typer.Option("small", help="model preset"),
-         patch: int = typer.Option(32, help="training patch edge"),
+         n_cases: Optional[int] = typer.Option(None, help="phantom cases (default: the demo's, 40)"),
+         resolution: Optional[int] = typer.Option(None, help="phantom resolution in mm (default 4 → 64³ volumes)"),
+         preset: Optional[str] = typer.Option(None, help="model preset (default: tiny)"),
+         patch: Optional[int] = typer.Option(None, help="training patch edge (default: 32)"),
          train_steps: Optional[int] = typer.Option(None, help="training steps (default: the demo's)"),
-         sample_steps: int = typer.Option(2, help="DDIM steps at test time"),
-         ensemble: int = typer.Option(5, help="ensemble members per test case"),
+         flip: Optional[bool] = typer.Option(None, help="left–right mirroring augmentation (default: off)"),
+         sample_steps: Optional[int] = typer.Option(None, help="DDIM steps at test time (default: 2)"),
+         ensemble: Optional[int] = typer.Option(None, help="ensemble members per test case (default: 5)"),
          window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
-         seed: int = typer.Option(0, help="seed of data, split, training and sampling"),
+         seed: Optional[int] = typer.Option(None, help="seed of data, split, training and sampling (default: 0)"),
          report: bool = typer.Option(True, help="render the papermill report"),
          overwrite: bool = typer.Option(False, help="start over instead of reusing finished stages")):
     "Run the main job on the embedded data: phantoms → cache → train → segment → evaluate → report."
     from patchddm.demo import DemoConfig, run_demo
-    cfg = DemoConfig(n_cases=n_cases, resolution=resolution, preset=preset, patch=patch, sample_steps=sample_steps,
-                     ensemble=ensemble, window=window, seed=seed, report=report)
-    if train_steps is not None: cfg.train_steps = train_steps
+    given = dict(n_cases=n_cases, resolution=resolution, preset=preset, patch=patch, train_steps=train_steps, flip=flip,
+                 sample_steps=sample_steps, ensemble=ensemble, window=window, seed=seed)
+    cfg = DemoConfig(report=report, **{k: v for k, v in given.items() if v is not None})   # unset: DemoConfig's default
     run_demo(out_dir or load_settings().results_dir / "demo", cfg, overwrite=overwrite, progress=True)
 
 # %% ../nbs/08_cli.ipynb #a749c33b

@@ -345,18 +345,22 @@ def _dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequen
 @_method
 def _heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 10, *,
           seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
-          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
-    "Heun (Karras) sample x0 of `shape` (B,1,...) on a `steps`-point grid: 2·steps − 1 evaluations of eps_fn; deterministic."
+          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
+          lower_order_final: bool = True):
+    "Heun (Karras) sample x0 of `shape` (B,1,...) on a `steps`-point grid: `nfe('heun', steps)` evaluations of eps_fn; deterministic."
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
     x, _ = _start(self, cond, shape, seed, generator, x_T, "heun")
-    ev = _Evaluator(self, eps_fn, cond, clip_x0, 2 * steps - 1, f"Heun {steps}", progress, return_trajectory)
+    ev = _Evaluator(self, eps_fn, cond, clip_x0, nfe("heun", steps, lower_order_final), f"Heun {steps}", progress,
+                    return_trajectory)
     sig = lambda t: math.sqrt((1 - self.abar(t)) / self.abar(t))
     with torch.no_grad():
         for t, s in zip(ts[:-1], ts[1:]):
             x0, eps = ev(x, t)
             if s < 0: x = x0; break
             y, ds, r_s = x / math.sqrt(self.abar(t)), sig(s) - sig(t), math.sqrt(self.abar(s))
-            _, eps2 = ev(r_s * (y + ds * eps), s)
+            x = r_s * (y + ds * eps)                                 # Euler (= DDIM) step to s
+            if s == 0 and lower_order_final: continue                # no correction at σ̃(0) ≈ 0.01 (see above)
+            _, eps2 = ev(x, s)
             x = r_s * (y + ds * 0.5 * (eps + eps2))
     return ev.finish(x, "heun")
 
@@ -364,10 +368,11 @@ def _heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[i
 SOLVERS = {"ddim": "ddim", "ddpm": "ddpm", "dpm++2m": "dpmpp_2m", "heun": "heun"}
 DEFAULT_SPACING = {"ddim": "uniform", "ddpm": "uniform", "dpm++2m": "quadratic", "heun": "uniform"}
 
-def nfe(solver: str, steps: int) -> int:
-    "Network evaluations that `solver` spends for `steps` (Heun: 2·steps − 1; all others: steps)."
+def nfe(solver: str, steps: int, lower_order_final: bool = True) -> int:
+    "Network evaluations that `solver` spends for `steps` (Heun: 2·steps − 2, or 2·steps − 1 with the correction into t = 0; others: steps)."
     if solver not in SOLVERS: raise PatchDDMError("sampling", f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
-    return 2 * steps - 1 if solver == "heun" else steps
+    if solver != "heun" or steps == 1: return steps
+    return 2 * steps - (2 if lower_order_final else 1)
 
 @_method
 def _sample(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], solver: str = "ddim",

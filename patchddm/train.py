@@ -65,6 +65,7 @@ class TrainConfig:
     preset: str = "small"                # model preset (patchddm.model.PRESETS)
     patch: int | None = None             # patch edge for the patch modes (default: half the volume edge)
     patch_dist: str = "paper"            # patch-start distribution (patchddm.patching.PATCH_DISTS)
+    flip: bool = False                   # mirror each training sample left–right (array axis 0) with probability ½
     steps: int = 1000                    # optimisation steps in total
     lr: float | None = None              # AdamW learning rate (default: `default_lr(preset)`)
     lr_schedule: str = "constant"        # constant (the paper's) | cosine (decay to 0 at the last step)
@@ -294,6 +295,7 @@ def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
             ("workers", 0, True, False, None), ("patch", 1, True, True, None), ("warmup", 0, True, False, None)]:
         _check_number(cfg, name, lo, integer, optional, below)
     patch_dist(cfg.patch_dist)
+    if not isinstance(cfg.flip, bool): raise PatchDDMError(f"flip={cfg.flip!r}", "must be True or False")
     devs = parse_devices("cuda" if cfg.devices == "auto" and torch.cuda.is_available() else
                          "cpu" if cfg.devices == "auto" else cfg.devices, rank)
     amp = _resolve_amp(cfg.amp, devs[0].type)
@@ -337,24 +339,26 @@ def step_batch(cache: PreparedDataset, cases: Sequence[str], cfg: TrainConfig, s
                T: int = 1000) -> dict:
     "Batch of training `step`: cond (B, C, s, s, s), x0 (B, 1, s, s, s) in [−1, 1], t (B,), eps (B, 1, s, s, s), case ids."
     g = step_generator(cfg.seed, rank, step)
-    conds, x0s, ids, starts = [], [], [], []
+    conds, x0s, ids, starts, flips = [], [], [], [], []
     for _ in range(cfg.batch):
         cid = cases[int(torch.randint(len(cases), (1,), generator=g))]
         image, mask = _case_arrays(cache, cid)
         S = mask.shape[-1]
         start = (0, 0, 0)
-        if cfg.mode in PATCH_MODES:
-            start = sample_patch_start(mask.shape, cfg.patch, cfg.patch_dist, g)
-            image, mask = crop(start, cfg.patch, image, mask)
+        if cfg.mode in PATCH_MODES: start = sample_patch_start(mask.shape, cfg.patch, cfg.patch_dist, g)
+        flip = bool(cfg.flip) and bool(torch.randint(2, (1,), generator=g))
+        if cfg.mode in PATCH_MODES:     # the mirrored volume's patch at `start` is the mirror of this one
+            image, mask = crop((S - cfg.patch - start[0], *start[1:]) if flip else start, cfg.patch, image, mask)
         img = torch.from_numpy(np.asarray(image, dtype=np.float32)) * 2 - 1
         msk = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+        if flip: img, msk = img.flip(-3), msk.flip(-3)
         if cfg.mode == "halfres": img, msk = _downsample_image(img), downsample_mask(msk)
         if cfg.mode == "patchddm": img = torch.cat([img, _patch_coords(S, start, cfg.patch)])
-        conds.append(img); x0s.append(msk[None] * 2 - 1); ids.append(cid); starts.append(start)
+        conds.append(img); x0s.append(msk[None] * 2 - 1); ids.append(cid); starts.append(start); flips.append(flip)
     cond, x0 = torch.stack(conds), torch.stack(x0s)
     t = torch.randint(0, T, (cfg.batch,), generator=g)
     eps = torch.randn(x0.shape, generator=g)
-    return dict(step=step, cond=cond, x0=x0, t=t, eps=eps, cases=ids, starts=starts)
+    return dict(step=step, cond=cond, x0=x0, t=t, eps=eps, cases=ids, starts=starts, flips=flips)
 
 class StepData(Dataset):
     "Item i = `step_batch(..., step=first + i)` for the steps first … last of one rank; memmaps opened per process."
