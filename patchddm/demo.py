@@ -32,7 +32,7 @@ class DemoConfig:
     warmup: int = 100            # linear warm-up steps
     prediction: str = "x0"       # the network predicts the clean mask (see patchddm.diffusion); the paper's "eps"
                                  # does not start to segment within this budget (measured in nbs/04_train.ipynb)
-    flip: bool = False           # left–right mirroring augmentation (off: not measured in the demo's budget)
+    flip: bool = False           # left–right mirroring augmentation (off: lower validation Dice here, see below)
     val_every: int = 1250        # validation (Dice on the val split) every N steps; best.pt by val Dice
     val_steps: int = 2           # DDIM steps of validation sampling (as at test time)
     sample_steps: int = 2        # DDIM steps at test time (an x0 network needs few; chosen on the validation split)
