@@ -14,7 +14,7 @@ cases (`patchddm.evaluate.segment_volume`, ensemble 1, seed 0). Target (never as
 """
 from __future__ import annotations
 
-import argparse, importlib.util, sys, tempfile, time
+import importlib.util, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,7 @@ bf16 (avx512_bf16 / AMX; recorded as machine.cpu_bf16) or on a GPU. Measured, ne
 """
 from __future__ import annotations
 
-import argparse, sys, time
+import sys, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device

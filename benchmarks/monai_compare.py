@@ -13,7 +13,7 @@ AdamW step included, one fresh subprocess per point (`measure.py`). Measured, ne
 """
 from __future__ import annotations
 
-import argparse, importlib.util, sys, time
+import importlib.util, sys, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device

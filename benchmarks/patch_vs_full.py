@@ -11,7 +11,7 @@ step also holds. Measured, never asserted.
 """
 from __future__ import annotations
 
-import argparse, sys, time
+import sys, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device

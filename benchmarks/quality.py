@@ -10,7 +10,7 @@ was measured.
 """
 from __future__ import annotations
 
-import argparse, importlib.util, sys, time
+import importlib.util, sys, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device

@@ -8,7 +8,7 @@ module runs it, then adds the machine record, a CSV and a figure in the common b
 """
 from __future__ import annotations
 
-import argparse, json, sys, tempfile, time
+import json, sys, tempfile, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError
