@@ -50,7 +50,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     whats = ("ddim",) if quick else ("eval", "ddim")
     if run_dir is not None:
         from patchddm.data import PreparedDataset
-        from patchddm.train import load_run
+        from patchddm.modes import load_run
         r = load_run(M.checkpoint_of(run_dir), device="cpu")
         prep = Path(prep_dir or r.config.prep_dir)
         if not (prep / "prep.json").is_file(): raise PatchDDMError(prep, "preprocessed cache not found (pass --prep)")
@@ -125,8 +125,8 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
 def _dice_study(run_dir: Path, prep: str, window: int, steps: int, cases: int, overlap: float, device: str) -> dict:
     "Dice of whole-volume and windowed DDIM segmentations (ensemble 1, seed 0) with each other and with the truth."
     from patchddm.data import PreparedDataset
-    from patchddm.evaluate import segment_volume
-    from patchddm.train import load_run
+    from patchddm.predict import segment_volume
+    from patchddm.modes import load_run
     r = load_run(M.checkpoint_of(run_dir), device=device)
     ds = PreparedDataset(prep)
     ids = (ds.split("test") or ds.case_ids)[:cases]

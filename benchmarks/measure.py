@@ -139,7 +139,7 @@ def build_model(m: dict, info: dict):
         net = monai_unet(kw, m.get("mid_attention", True))
         return net, kw["in_channels"], 2 ** (len(kw["channels"]) - 1)
     if m["kind"] == "run":
-        from patchddm.train import load_run
+        from patchddm.modes import load_run
         run = load_run(checkpoint_of(m["path"]), device="cpu")
         return run.model, run.model.cfg.in_ch, run.model.cfg.multiple
     raise ValueError(f"unknown model kind {m['kind']!r}")
@@ -171,13 +171,13 @@ def inference_call(spec: dict, dev):
     import numpy as np
     import torch
     from patchddm.diffusion import Diffusion
-    from patchddm.evaluate import make_eps_fn
+    from patchddm.predict import make_eps_fn
     from patchddm.patching import add_coords
-    from patchddm.train import make_cond
+    from patchddm.modes import make_cond
     a = spec["args"]
     if a["model"]["kind"] == "run":
         from patchddm.data import PreparedDataset
-        from patchddm.train import load_run
+        from patchddm.modes import load_run
         run = load_run(checkpoint_of(a["model"]["path"]), device=str(dev))
         model, diffusion, mode = run.model, run.diffusion, run.mode
         ds = PreparedDataset(a["prep"])

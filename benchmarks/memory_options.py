@@ -13,7 +13,8 @@ import sys, time
 from pathlib import Path
 
 from patchddm.core import PatchDDMError, pick_device
-from patchddm.model import peak_memory, preset_config
+from patchddm.profiling import peak_memory
+from patchddm.model import preset_config
 
 import report
 

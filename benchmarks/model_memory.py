@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from patchddm.core import PatchDDMError, save_json
-from patchddm.model import UNetConfig, peak_memory
+from patchddm.model import UNetConfig
+from patchddm.profiling import peak_memory
 
 
 def cpu_name() -> str:

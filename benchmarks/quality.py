@@ -38,7 +38,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     from patchddm.data import PreparedDataset
     from patchddm.diffusion import nfe
     from patchddm.evaluate import sampling_study
-    from patchddm.train import load_run
+    from patchddm.modes import load_run
     ckpt = M.checkpoint_of(run_dir)
     r = load_run(ckpt, device=device)
     prep = Path(prep_dir or r.config.prep_dir)

@@ -4,17 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #42e9def7
 from __future__ import annotations
-import configparser, contextlib, json, os, random, tempfile
+import configparser, contextlib, json, os, random, shutil, sys, tempfile, uuid
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['PatchDDMError', 'Settings', 'find_settings_file', 'load_settings', 'atomic_path', 'save_json', 'save_torch',
-           'prepare_output_dir', 'seed_everything', 'pick_device', 'cpu_has_bf16']
+           'prepare_output_dir', 'read_json', 'check_new_file', 'check_output_dir', 'temp_dir_beside', 'replace_dir',
+           'save_fig', 'fmt_shape', 'check_int', 'stderr_line', 'seed_everything', 'pick_device', 'cpu_has_bf16',
+           'check_amp', 'autocast', 'model_device', 'parse_devices']
 
 # %% ../nbs/00_core.ipynb #49aae864
 class PatchDDMError(Exception):
@@ -123,6 +125,81 @@ def prepare_output_dir(path: Path | str, overwrite: bool = False, allow_existing
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+# %% ../nbs/00_core.ipynb #c16762de
+def read_json(path: Path | str, what: str = "JSON file", hint: str = "") -> Any:
+    "The parsed JSON at `path`; missing or unreadable is a one-line error naming `what` (and `hint`, if given)."
+    path = Path(path)
+    if not path.is_file(): raise PatchDDMError(path, f"{what} not found{' (' + hint + ')' if hint else ''}")
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PatchDDMError(path, f"cannot read {what} ({type(e).__name__}){'; ' + hint if hint else ''}") from None
+
+def check_new_file(path: Path | str | None, overwrite: bool = False) -> Path | None:
+    "`path` as a Path (None stays None), refusing an existing file unless `overwrite`, and a folder always."
+    if path is None: return None
+    p = Path(path)
+    if p.is_dir(): raise PatchDDMError(p, "is a folder; give a file name")
+    if p.exists() and not overwrite: raise PatchDDMError(p, "exists (pass --overwrite to replace it)")
+    return p
+
+# %% ../nbs/00_core.ipynb #a0da84d2
+def check_output_dir(out_dir: Path | str, overwrite: bool = False, inputs: Sequence[Path | str] = ()) -> Path:
+    "Refuse `out_dir` when it is a file, lies inside one of `inputs` (or is one), or is a non-empty folder without `overwrite`."
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir(): raise PatchDDMError(out_dir, "exists and is not a folder")
+    for p in inputs:
+        p = Path(p).resolve()
+        if p == out_dir.resolve() or out_dir.resolve() in p.parents:
+            raise PatchDDMError(out_dir, f"output folder would contain the input {p}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PatchDDMError(out_dir, "output folder is not empty (pass --overwrite to replace it)")
+    return out_dir
+
+def temp_dir_beside(final: Path | str) -> Path:
+    "A new empty hidden folder `.NAME.partial-XXXX` beside `final` (same file system, so a rename is atomic)."
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+def replace_dir(tmp: Path | str, final: Path | str, overwrite: bool = True) -> Path:
+    "Rename finished folder `tmp` onto `final`; an existing non-empty `final` needs `overwrite` and is removed only afterwards."
+    tmp, final, old = Path(tmp), Path(final), None
+    if final.is_dir() and not any(final.iterdir()): final.rmdir()
+    elif final.exists():
+        if not overwrite: raise PatchDDMError(final, "output folder is not empty (pass --overwrite to replace it)")
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+    return final
+
+# %% ../nbs/00_core.ipynb #114539da
+def save_fig(fig, out: Path | str | None, overwrite: bool = False, dpi: int = 130) -> Path | None:
+    "Save a matplotlib figure atomically (format from the suffix; nothing for `out=None`), refusing to replace a file unless `overwrite`."
+    out = check_new_file(out, overwrite)
+    if out is None: return None
+    with atomic_path(out) as tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    return out
+
+def fmt_shape(shape: Any) -> str:
+    "A shape as `AxBxC` (for messages)."
+    return "x".join(str(int(s)) for s in shape)
+
+def check_int(v: Any, name: str, lo: int) -> int:
+    "`v` as an int when it is an integer ≥ `lo` (bools refused), else a one-line error naming setting `name`."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise PatchDDMError(f"{name}={v!r}", f"must be an integer ≥ {lo}")
+    return int(v)
+
+def stderr_line(msg: str, progress: bool = False) -> None:
+    "Print one line on stderr (through tqdm when a progress bar may be showing, so the bar is not broken)."
+    if progress:
+        from tqdm.auto import tqdm
+        tqdm.write(msg, file=sys.stderr)
+    else: print(msg, file=sys.stderr, flush=True)
+
 # %% ../nbs/00_core.ipynb #b88df924
 def seed_everything(seed: int) -> torch.Generator:
     "Seed Python, NumPy and torch; return a fresh `torch.Generator` seeded with `seed`."
@@ -143,3 +220,35 @@ def cpu_has_bf16() -> bool:
     try: flags = Path("/proc/cpuinfo").read_text()
     except OSError: return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+# %% ../nbs/00_core.ipynb #8d583a93
+def check_amp(amp: str) -> str:
+    "`amp` if it is 'none', 'bf16' or 'fp16' (the resolved mixed-precision choices), else a one-line error."
+    if amp not in ("none", "bf16", "fp16"): raise PatchDDMError(f"amp {amp!r}", "choose none, bf16 or fp16")
+    return amp
+
+@contextlib.contextmanager
+def autocast(amp: str, device_type: str) -> Iterator[None]:
+    "bf16/fp16 autocast for `amp` in {'bf16', 'fp16'}; nothing for 'none'; anything else is an error."
+    if check_amp(amp) == "none": yield
+    else:
+        with torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16): yield
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    "Device of the first parameter: the input device of a model (also of one split over two devices)."
+    return next(model.parameters()).device
+
+def _cuda_shift(dev: torch.device, shift: int) -> torch.device:
+    "CUDA device `dev` moved `shift` indices up (for DDP ranks); CPU devices unchanged."
+    return torch.device("cuda", (dev.index or 0) + shift) if dev.type == "cuda" and shift else dev
+
+def parse_devices(spec: str, rank: int = 0) -> list[torch.device]:
+    "Devices for `spec` ('auto', 'cpu', 'cuda', 'cuda:0,cuda:1', 'cpu,cpu'), shifted for DDP local `rank`; 1 or 2 of one type."
+    names = [s.strip() for s in str(spec).split(",")]
+    if not 1 <= len(names) <= 2 or not all(names):
+        raise PatchDDMError(f"devices {spec!r}", "give one device or two comma-separated ones, e.g. cuda:0,cuda:1")
+    devs = [pick_device(n) for n in names]
+    if len({d.type for d in devs}) > 1: raise PatchDDMError(f"devices {spec!r}", "both devices must be of one type")
+    devs = [_cuda_shift(d, rank * len(devs)) for d in devs]
+    for d in devs: pick_device(str(d))                       # the shifted index must exist too
+    return devs

@@ -35,7 +35,8 @@ class PhantomData:
 @pytest.fixture(scope="session")
 def phantom_data(tmp_path_factory) -> PhantomData:
     "Five 4 mm phantom cases (seed 0) and their 64³ cache, generated once per session."
-    from patchddm.data import PHANTOM_SIZES, PrepConfig, preprocess_dataset, write_phantoms
+    from patchddm.phantoms import PHANTOM_SIZES, write_phantoms
+    from patchddm.data import PrepConfig, preprocess_dataset
 
     root = tmp_path_factory.mktemp("phantom_data")
     n, resolution, seed = 5, 4, 0

@@ -1,4 +1,5 @@
-"""The documentation site (tools/build_docs.py): a fast test of the notebook → Markdown walker, a slow full build.
+"""The documentation site (tools/build_docs.py): fast tests of the notebook → Markdown → HTML rendering (nbconvert's
+MarkdownExporter, latex2mathml, mkdocs on a one-page site) and of the navigation; a slow full build.
 
 `make docs-check` runs the slow one: `pytest -q -m slow tests/test_docs.py`.
 """
@@ -66,15 +67,20 @@ def test_notebook_to_markdown():
     assert "### crop { #crop .doc-symbol }" in t and r.symbols == ["crop"]
     assert re.search(r"```text\na\nb\n```", t)                        # consecutive streams merged
     assert "print('a')" in t
-    assert r.files == {"patching_files/cell4_0.png": base64.b64decode(PNG)}
-    assert "![output cell4_0](patching_files/cell4_0.png)" in t
+    (img, blob), = r.files.items()                                    # the figure, written beside the page
+    assert blob == base64.b64decode(PNG) and img.startswith("patching_files/") and img.endswith(".png")
+    assert f"![output]({img})" in t
     assert "<table class='dataframe'>\n<tr>" in t                     # HTML kept, blank lines removed
     assert "x = 2" not in t and "y = 3" in t and "not shown" not in t
     # post-processing: math outside code, links to notebooks, symbol cross-references
     m = bd.convert_math(t)
-    assert '<span class="math"><i>x</i><sub><i>t</i></sub></span>' in m and "`code $y$`" in m
-    assert bd.tex_to_html(r"\begin{align} a \end{align}") is None    # unsupported → shown as TeX
-    assert "math-tex" in bd.convert_math(r"see $\unknowncmd{x}$")
+    assert re.search(r'<span class="math"><math [^>]*display="inline"><mrow><msub><mi>x</mi><mi>t</mi></msub>', m)
+    assert "`code $y$`" in m                                           # no math inside code
+    assert '<div class="math-display"><math' in bd.convert_math("$$a = b$$") and 'display="block"' in \
+        bd.convert_math("$$a = b$$")
+    assert bd.tex_to_mathml(r"\frac{a}{") is None and bd.tex_to_mathml(r"\unknowncmd{x}") is None
+    assert "math-tex" in bd.convert_math(r"see $\unknowncmd{x}$")   # what latex2mathml cannot convert stays TeX
+    assert "&#42;" in bd.tex_to_mathml(r"\text{a*b}")               # no Markdown emphasis inside MathML
     links = bd.rewrite_links("[a](01_patching.ipynb#crop) [b](https://x.org/a.ipynb) [c](../core.html)", "experiments/r.md",
                              {"01_patching.ipynb": "patching.md"}, {"patching.md", "core.md"})
     assert links == "[a](01_patching.ipynb#crop) [b](https://x.org/a.ipynb) [c](../core.md)"
@@ -84,6 +90,53 @@ def test_notebook_to_markdown():
     assert "unpad" not in targets and targets["model.unpad"] == "model.md#unpad"   # ambiguous bare names stay plain
     assert bd.linkify("use `crop` or `crop()`; [`crop`](x.md)\n```\n`crop`\n```\n", "index.md", targets) == \
         "use [`crop`](patching.md#crop) or [`crop()`](patching.md#crop); [`crop`](x.md)\n```\n`crop`\n```\n"
+
+
+def test_page_html(tmp_path):
+    "A notebook with TeX prose and a printed output becomes an HTML page with MathML and the output text."
+    nb = _nb([
+        {"cell_type": "raw", "metadata": {}, "source": "---\ntitle: diffusion\n---\n"},
+        _md(r"The forward process: $x_t = \sqrt{\bar\alpha_t} x_0$ plus noise."),
+        _code("print('noise level 0.25')", [{"output_type": "stream", "name": "stdout", "text": "noise level 0.25\n"}]),
+    ])
+    page = bd.notebook_to_markdown(nb, "diffusion")
+    page.text = bd.convert_math(page.text)
+    site = bd.Site(pages={"diffusion.md": page}, nav=[{"Diffusion": "diffusion.md"}], warnings=[])
+    bd.write_stage(site, tmp_path / "stage", ROOT / "docs_src")
+    bd.mkdocs_build(tmp_path / "stage", tmp_path / "site", site.nav, True, ROOT / "mkdocs.yml")
+    text = (tmp_path / "site" / "diffusion.html").read_text()
+    body = text[text.index("<article"):text.index("</article>")]
+    assert re.search(r"<p>The forward process: <span class=\"math\"><math [^>]*>.*<msqrt>.*</math></span> plus noise", body)
+    assert "<mi>x</mi><mn>0</mn>" in body and "\\sqrt" not in body and "$" not in body
+    assert re.search(r'<div class="nb-output nb-stdout">\s*<div class="highlight"><pre><span></span><code>noise level 0\.25',
+                     body)
+    assert "print" in body                                            # the source is shown above its output
+
+
+def _proc_nb(path: Path, title: str) -> None:
+    "A processed-notebook stand-in: frontmatter with a title, one Markdown cell."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_nb([{"cell_type": "raw", "metadata": {}, "source": f"---\ntitle: {title}\n---\n"},
+                                    _md(f"About {title}.")])))
+
+
+def test_nav_follows_files(tmp_path):
+    "The navigation lists the notebooks found, numbered ones in numeric order; names starting with '_' are left out."
+    nbs, proc = tmp_path / "nbs", tmp_path / "_proc"
+    names = ["index", "paper_map", "10_predict", "09_train", "00_core", "02_phantoms", "100_later", "_scratch",
+             "experiments/report"]
+    for name in names:
+        _proc_nb(nbs / f"{name}.ipynb", Path(name).name)
+        _proc_nb(proc / f"{name}.ipynb", Path(name).name)
+    site = bd.assemble(proc, nbs, tmp_path / "no-results")
+    assert site.nav == [{"Home": "index.md"},
+                        {"API": [{"00_core": "00_core.md"}, {"02_phantoms": "02_phantoms.md"},
+                                 {"09_train": "09_train.md"}, {"10_predict": "10_predict.md"},
+                                 {"100_later": "100_later.md"}]},
+                        {"Paper map": "paper_map.md"},
+                        {"Experiments": [{"report": "experiments/report.md"}]},
+                        {"Benchmarks": "benchmarks.md"}]
+    assert "_scratch.md" not in site.pages and "About 09_train." in site.pages["09_train.md"].text
 
 
 def test_benchmark_tables(tmp_path):

@@ -85,7 +85,7 @@ def test_segment_writes_the_input_geometry(segmented, phantom_data):
 
 
 def test_segment_refuses_to_overwrite_without_the_flag(run_dir, segmented, phantom_data, tmp_path):
-    from patchddm.evaluate import segment
+    from patchddm.predict import segment
     out = tmp_path / "pred"
     shutil.copytree(segmented, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
@@ -150,7 +150,7 @@ def test_bad_case_gets_one_line_and_the_others_finish(run_dir, raw, tmp_path):
 
 
 def test_segment_function_summary_and_window(run_dir, raw, tmp_path):
-    from patchddm.evaluate import segment
+    from patchddm.predict import segment
     out = tmp_path / "pred"
     (raw / "not-a-case").mkdir()
     s = segment(run_dir, raw, out, steps=2, ensemble=1, window=16, progress=False)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from patchddm.core import PatchDDMError
-from patchddm.train import MODES, TrainConfig, load_checkpoint, load_run, read_log, train
+from patchddm.modes import MODES, load_checkpoint, load_run
+from patchddm.train import TrainConfig, read_log, train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(Path(__file__).with_name("_train_worker.py"))

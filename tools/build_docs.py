@@ -1,4 +1,4 @@
-"""Build the documentation site offline: nbdev's notebook processing, a small notebook→Markdown walker, mkdocs.
+"""Build the documentation site offline: nbdev's notebook processing, nbconvert's MarkdownExporter, latex2mathml, mkdocs.
 
 Usage: python tools/build_docs.py [--out _docs] [--bench benchmarks/results] [--keep-md DIR] [--no-strict]
                                   [--workers N] [--overwrite]
@@ -8,11 +8,13 @@ Usage: python tools/build_docs.py [--out _docs] [--bench benchmarks/results] [--
    cell that contains an import to render show_doc; a cell mixing imports with code that needs an earlier,
    unexecuted cell fails) is processed again with only export, pure-import and show_doc cells executed, and the
    build says which cell to fix.
-2. Every processed notebook becomes one Markdown page: frontmatter title → H1, description → lead paragraph,
-   `#| hide` / `#| include: false` cells dropped, `#| echo: false` sources hidden, outputs kept (text, Markdown,
-   HTML tables, PNG/SVG/JPEG images written next to the page). Inline TeX is rendered to HTML at build time;
-   formulas it cannot render stay as TeX source (no MathJax: the site loads nothing from the network).
-3. Pages: the landing page (index.ipynb), one API page per numbered notebook in pipeline order, the paper map,
+2. Every processed notebook becomes one Markdown page through nbconvert's `MarkdownExporter` and a small page
+   template: frontmatter title → H1, description → lead paragraph, `#| hide` / `#| include: false` cells dropped,
+   `#| echo: false` sources hidden, outputs kept (text, Markdown, show_doc entries with anchors, HTML tables;
+   PNG/SVG/JPEG images and cell attachments written next to the page). `$...$` / `$$...$$` TeX becomes MathML at
+   build time (latex2mathml; no MathJax: the site loads nothing from the network); a formula it cannot convert
+   stays visible as TeX source.
+3. Pages: the landing page (index.ipynb), one API page per numbered notebook in numbered (pipeline) order, the paper map,
    Experiments (nbs/experiments/*.ipynb, when present) and Benchmarks (benchmarks/results/*.json|csv + figures).
 4. `mkdocs build --strict` (through mkdocs' Python API, so the navigation is computed here) into `--out`.
 
@@ -20,7 +22,7 @@ It never executes a notebook from top to bottom: pages show the outputs saved in
 """
 from __future__ import annotations
 
-import argparse, base64, html, json, os, posixpath, re, shutil, sys, tempfile, time
+import argparse, html, json, os, posixpath, re, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -134,7 +136,7 @@ def process_notebooks(root: Path = ROOT, workers: int | None = None, log=print) 
     return proc
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2. notebook → Markdown
+# 2. notebook → Markdown: nbconvert's MarkdownExporter with a page template; math by latex2mathml
 # ---------------------------------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -198,84 +200,150 @@ def _showdoc_markdown(md: str, symbols: list[str]) -> str:
         return f"{m.group(1)} {m.group(2)} {{ #{m.group(2)} .doc-symbol }}"
     return _SHOWDOC_HEAD.sub(head, md, count=1)
 
-def render_output(out: dict, stem: str, key: str, files: dict[str, bytes], showdoc: bool,
-                  symbols: list[str]) -> str:
-    "Markdown for one Jupyter output; images are added to `files` under `<stem>_files/`."
+# Which one representation of an output its page shows, in order of preference (MarkdownExporter's own order puts
+# HTML first, which would show a figure's or show_doc's HTML fallback instead of the image or the Markdown).
+MIME_ORDER = ("image/png", "image/jpeg", "image/svg+xml", "text/markdown", "text/html", "text/latex", "text/plain")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "*An interactive widget: open the notebook in JupyterLab to use it.*"
+
+def doc_output(out: Any, showdoc: bool, symbols: list[str]) -> Any | None:
+    "One output (a NotebookNode, changed in place) as its page shows it: one MIME type, clean text; None if empty."
     kind = out.get("output_type")
     if kind == "stream":
-        text = _clean_stream(_text(out.get("text", ""))).strip("\n")
-        if not text.strip(): return ""
-        cls = "nb-stderr" if out.get("name") == "stderr" else "nb-stdout"
-        return f'<div class="nb-output {cls}" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
+        out["text"] = _clean_stream(_text(out.get("text", ""))).strip("\n")
+        return out if out["text"].strip() else None
     if kind == "error":
-        text = f"{out.get('ename', 'Error')}: {_ANSI.sub('', out.get('evalue', ''))}"
-        return f'<div class="nb-output nb-error" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
-    data = out.get("data", {})
-    if "application/vnd.jupyter.widget-view+json" in data:
-        return ('<div class="nb-output nb-widget" markdown="1">\n\n*An interactive widget: open the notebook '
-                'in JupyterLab to use it.*\n\n</div>')
-    for mime, ext in (("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg")):
-        if mime in data:
-            raw = _text(data[mime])
-            blob = raw.encode() if ext == "svg" else base64.b64decode(raw)
-            name = f"{stem}_files/{key}.{ext}"
-            files[name] = blob
-            return f'<div class="nb-output nb-figure" markdown="1">\n\n![output {key}]({posixpath.basename(stem)}_files/{key}.{ext})\n\n</div>'
-    if "text/markdown" in data:
-        md = _text(data["text/markdown"])
-        if showdoc: return f'<div class="doc-api" markdown="1">\n\n{_showdoc_markdown(md, symbols)}\n\n</div>'
-        return f'<div class="nb-output nb-markdown" markdown="1">\n\n{md.strip()}\n\n</div>'
-    if "text/html" in data:
-        body = _text(data["text/html"]).strip()
-        body = re.sub(r"^\s*\n", "", body, flags=re.M)  # a blank line would end the raw HTML block early
-        return f'<div class="nb-output nb-html">\n{body}\n</div>'
-    if "text/latex" in data: return _fence(_text(data["text/latex"]).strip(), "latex")
-    if "text/plain" in data:
-        text = _ANSI.sub("", _text(data["text/plain"])).strip("\n")
-        if not text: return ""
-        return f'<div class="nb-output nb-result" markdown="1">\n\n{_fence(text, "text")}\n\n</div>'
-    return ""
+        out["evalue"] = _ANSI.sub("", str(out.get("evalue", "")))
+        return out
+    data, meta = out.get("data", {}), out.setdefault("metadata", {})
+    meta["doc_class"] = "nb-markdown"
+    if WIDGET_MIME in data: data, meta["doc_class"] = {"text/markdown": WIDGET_NOTE}, "nb-widget"
+    mime = next((m for m in MIME_ORDER if m in data), None)
+    if mime is None: return None
+    value = _text(data[mime])
+    if mime == "text/markdown" and showdoc: value, meta["doc_class"] = _showdoc_markdown(value, symbols), "doc-api"
+    elif mime == "text/html": value = re.sub(r"^\s*\n", "", value.strip(), flags=re.M)  # a blank line ends raw HTML
+    elif mime == "text/plain": value = _ANSI.sub("", value).strip("\n")
+    if not value.strip(): return None
+    out["data"] = {mime: value}
+    return out
+
+def doc_cell(cell: Any, index: int, symbols: list[str]) -> Any | None:
+    "A code cell (NotebookNode, changed in place) as its page shows it, or None when nbdev's directives hide it."
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+    dirs, body = cell_directives(_text(cell.get("source", "")))
+    if "hide" in dirs or dirs.get("include") == "false": return None
+    showdoc = bool(re.search(r"^show_doc\(", body, re.M))
+    cell["source"] = body
+    if dirs.get("echo") == "false" or showdoc or not body.strip():
+        cell.setdefault("metadata", {})["transient"] = {"remove_source": True}  # nbconvert's templates honour it
+    if dirs.get("output") == "false": cell["outputs"] = []
+    CoalesceStreamsPreprocessor().preprocess_cell(cell, {}, index)  # consecutive prints read as one block
+    cell["outputs"] = [o for o in (doc_output(o, showdoc, symbols) for o in cell.get("outputs", [])) if o is not None]
+    return cell
+
+# The page template: nbconvert's Markdown template, with code fenced and each output in a styled block
+# (classes in docs_src/stylesheets/extra.css; `markdown="1"` lets md_in_html render the Markdown inside).
+_TEMPLATE = r"""{%- extends 'index.md.j2' -%}
+{% block input %}
+{{ cell.source | fence('python') }}
+{% endblock input %}
+{% block stream %}
+<div class="nb-output nb-{{ output.name }}" markdown="1">
+
+{{ output.text | fence('text') }}
+
+</div>
+{% endblock stream %}
+{% block error %}
+<div class="nb-output nb-error" markdown="1">
+
+{{ (output.ename ~ ': ' ~ output.evalue) | fence('text') }}
+
+</div>
+{% endblock error %}
+{% block data_png %}
+<div class="nb-output nb-figure" markdown="1">
+
+![output]({{ output.metadata.filenames['image/png'] | path2url }})
+
+</div>
+{% endblock data_png %}
+{% block data_jpg %}
+<div class="nb-output nb-figure" markdown="1">
+
+![output]({{ output.metadata.filenames['image/jpeg'] | path2url }})
+
+</div>
+{% endblock data_jpg %}
+{% block data_svg %}
+<div class="nb-output nb-figure" markdown="1">
+
+![output]({{ output.metadata.filenames['image/svg+xml'] | path2url }})
+
+</div>
+{% endblock data_svg %}
+{% block data_markdown %}
+<div class="{{ 'nb-output ' if output.metadata.doc_class != 'doc-api' }}{{ output.metadata.doc_class }}" markdown="1">
+
+{{ output.data['text/markdown'] | trim }}
+
+</div>
+{% endblock data_markdown %}
+{% block data_html %}
+<div class="nb-output nb-html">
+{{ output.data['text/html'] }}
+</div>
+{% endblock data_html %}
+{% block data_latex %}
+{{ output.data['text/latex'] | trim | fence('latex') }}
+{% endblock data_latex %}
+{% block data_text %}
+<div class="nb-output nb-result" markdown="1">
+
+{{ output.data['text/plain'] | fence('text') }}
+
+</div>
+{% endblock data_text %}
+"""
+
+def _exporter() -> Any:
+    "nbconvert's MarkdownExporter with the page template (images go to resources['outputs'], named by cell)."
+    from jinja2 import DictLoader
+    from nbconvert import MarkdownExporter
+    return MarkdownExporter(extra_loaders=[DictLoader({"patchddm-page.md.j2": _TEMPLATE})],
+                            template_file="patchddm-page.md.j2", filters={"fence": _fence})
+
+def _tidy(md: str) -> str:
+    "Collapse runs of blank lines outside code (the template leaves many) to one and end with one newline."
+    out: list[str] = []
+    for code, t in split_code(md):
+        if not code:
+            t = re.sub(r"\n{3,}", "\n\n", t)
+            if out and out[-1].endswith("\n") and t.startswith("\n\n"): t = t[1:]  # after a fence's own newline
+        out.append(t)
+    return "".join(out).strip("\n") + "\n"
 
 def notebook_to_markdown(nb: dict, stem: str, title: str | None = None) -> Rendered:
     "A processed notebook (dict, nbformat 4) → Rendered Markdown page named `stem` (images under `<stem>_files/`)."
-    meta, cells = _frontmatter(nb)
+    import nbformat
+    node = nbformat.from_dict(nb)  # a copy: the caller's dict is left alone
+    for i, cell in enumerate(node.get("cells", [])):  # nbformat 4.5 wants cell ids; hand-made notebooks lack them
+        if node.get("nbformat_minor", 0) >= 5: cell.setdefault("id", f"cell-{i}")
+    meta, cells = _frontmatter(node)
     title = title or str(meta.get("title") or posixpath.basename(stem))
     desc = str(meta.get("description") or "").strip()
-    files: dict[str, bytes] = {}
     symbols: list[str] = []
-    parts = [f"# {title}"]
-    if desc: parts.append(f"{desc}\n{{: .lead }}")
+    kept = []
     for i, cell in enumerate(cells):
-        kind, src = cell.get("cell_type"), _text(cell.get("source", ""))
-        if kind == "markdown":
-            for name, mimes in (cell.get("attachments") or {}).items():
-                for mime, b64 in mimes.items():
-                    ext = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}.get(mime)
-                    if not ext: continue
-                    fname = f"{stem}_files/att{i}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
-                    files[fname] = _text(b64).encode() if ext == "svg" else base64.b64decode(_text(b64))
-                    src = src.replace(f"attachment:{name}", posixpath.basename(fname).join(
-                        [f"{posixpath.basename(stem)}_files/", ""]))
-            if src.strip(): parts.append(src.strip("\n"))
-            continue
-        if kind != "code": continue
-        dirs, body = cell_directives(src)
-        if "hide" in dirs or dirs.get("include") == "false": continue
-        showdoc = bool(re.search(r"^show_doc\(", body, re.M))
-        if dirs.get("echo") != "false" and body.strip() and not showdoc: parts.append(_fence(body, "python"))
-        if dirs.get("output") == "false": continue
-        outs = list(cell.get("outputs", []))
-        merged: list[dict] = []  # consecutive stream outputs of the same name read as one block
-        for o in outs:
-            if merged and o.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
-               and merged[-1].get("name") == o.get("name"):
-                merged[-1] = {**merged[-1], "text": _text(merged[-1]["text"]) + _text(o.get("text", ""))}
-            else: merged.append(dict(o))
-        for k, o in enumerate(merged):
-            md = render_output(o, stem, f"cell{i}_{k}", files, showdoc, symbols)
-            if md: parts.append(md)
-    text = "\n\n".join(parts) + "\n"
-    return Rendered(text=text, files=files, symbols=symbols, title=title, description=desc)
+        if cell.get("cell_type") == "markdown": kept.append(cell)
+        elif cell.get("cell_type") == "code" and doc_cell(cell, i, symbols) is not None: kept.append(cell)
+    node["cells"] = kept
+    folder, base = posixpath.split(stem)
+    body, res = _exporter().from_notebook_node(node, resources={"output_files_dir": f"{base}_files", "unique_key": base})
+    files = {posixpath.join(folder, name.replace(os.sep, "/")): blob for name, blob in (res.get("outputs") or {}).items()}
+    head = f"# {title}\n\n" + (f"{desc}\n{{: .lead }}\n\n" if desc else "")
+    return Rendered(text=_tidy(head + body), files=files, symbols=symbols, title=title, description=desc)
 
 # ---- Markdown post-processing: math, links, symbol cross-references -------------------------------------------
 
@@ -311,183 +379,36 @@ def map_text(md: str, fn) -> str:
     "Apply `fn` to the non-code parts of Markdown `md`."
     return "".join(t if code else fn(t) for code, t in split_code(md))
 
-# A small TeX → HTML renderer for the formulas prose uses ($x_t$, $\bar\alpha_t$, $\mathcal{N}(0, I)$ ...).
-# Anything it does not know (environments, unknown commands) makes it give up, and the formula is shown as TeX.
-_GREEK = dict(alpha="α", beta="β", gamma="γ", delta="δ", epsilon="ϵ", varepsilon="ε", zeta="ζ", eta="η",
-              theta="θ", vartheta="ϑ", iota="ι", kappa="κ", lambda_="λ", mu="μ", nu="ν", xi="ξ", pi="π", rho="ρ",
-              sigma="σ", tau="τ", upsilon="υ", phi="ϕ", varphi="φ", chi="χ", psi="ψ", omega="ω", Gamma="Γ",
-              Delta="Δ", Theta="Θ", Lambda="Λ", Xi="Ξ", Pi="Π", Sigma="Σ", Phi="Φ", Psi="Ψ", Omega="Ω")
-_GREEK["lambda"] = _GREEK.pop("lambda_")
-_SYMBOLS = dict(le="≤", leq="≤", ge="≥", geq="≥", ne="≠", neq="≠", approx="≈", sim="∼", simeq="≃", propto="∝",
-                equiv="≡", **{"in": "∈"}, notin="∉", subset="⊂", subseteq="⊆", cup="∪", cap="∩", times="×",
-                cdot="·", pm="±", mp="∓", infty="∞", to="→", rightarrow="→", leftarrow="←", Rightarrow="⇒",
-                Leftrightarrow="⇔", mapsto="↦", sum="∑", prod="∏", int="∫", partial="∂", nabla="∇", ldots="…",
-                dots="…", cdots="⋯", mid="∣", lvert="|", rvert="|", lVert="‖", rVert="‖", langle="⟨",
-                rangle="⟩", forall="∀", exists="∃", neg="¬", land="∧", lor="∨", circ="∘", ast="∗", star="⋆",
-                log="log", exp="exp", min="min", max="max", arg="arg", sin="sin", cos="cos", tan="tan", det="det",
-                argmin="argmin", argmax="argmax", lfloor="⌊", rfloor="⌋", lceil="⌈", rceil="⌉")
-_SPACES = {",": "\u2009", ";": "\u2005", ":": "\u2005", "quad": "\u2003", "qquad": "\u2003\u2003", "!": "",
-           " ": " "}
-_ESCAPED = {"{": "{", "}": "}", "_": "_", "%": "%", "$": "$", "&": "&", "#": "#", "|": "‖"}
-_ACCENTS = dict(bar="\u0304", overline="\u0305", hat="\u0302", widehat="\u0302", tilde="\u0303",
-                widetilde="\u0303", dot="\u0307", ddot="\u0308", vec="\u20d7")
-_SCRIPT_HOLES = dict(B="ℬ", E="ℰ", F="ℱ", H="ℋ", I="ℐ", L="ℒ", M="ℳ", R="ℛ", e="ℯ", g="ℊ", o="ℴ")
-_BB_HOLES = dict(C="ℂ", H="ℍ", N="ℕ", P="ℙ", Q="ℚ", R="ℝ", Z="ℤ")
+# Math: latex2mathml turns TeX into MathML at build time (every current browser renders MathML; the site loads no
+# MathJax/KaTeX). A formula it cannot convert stays visible as TeX source.
+_MD_SPECIAL = {"*": "&#42;", "_": "&#95;", "\\": "&#92;", "[": "&#91;", "]": "&#93;", "`": "&#96;", "$": "&#36;"}
 
-class _TexUnsupported(Exception): pass
+def _md_safe(text: str) -> str:
+    "Text of a MathML element with Markdown's inline markers as entities, so Python-Markdown leaves it alone."
+    return "".join(_MD_SPECIAL.get(ch, ch) for ch in text)
 
-def _alnum_map(text: str, upper0: int, lower0: int, holes: dict[str, str]) -> str:
-    "Map ASCII letters to a Unicode mathematical alphabet starting at `upper0`/`lower0`."
-    out = []
-    for ch in text:
-        if ch in holes: out.append(holes[ch])
-        elif "A" <= ch <= "Z": out.append(chr(upper0 + ord(ch) - 65))
-        elif "a" <= ch <= "z" and lower0: out.append(chr(lower0 + ord(ch) - 97))
-        else: out.append(ch)
-    return "".join(out)
-
-_REL = {"=", "≤", "≥", "≠", "≈", "∼", "≃", "∝", "≡", "∈", "∉", "⊂", "⊆", "→", "←", "⇒", "⇔", "↦", "&lt;", "&gt;", ":="}
-_BIN = {"+", "−", "×", "·", "±", "∓", "∪", "∩", "∘"}
-
-class _Tex:
-    "Recursive-descent renderer of a TeX subset to HTML (italic letters, <sub>/<sup>, Unicode symbols, cases)."
-    def __init__(self, src: str, display: bool = False):
-        self.toks = re.findall(r"\\[A-Za-z]+|\\.|[A-Za-z]+|\d+(?:\.\d+)?|:=|\s+|.", src, flags=re.S)
-        self.i, self.display, self.stopped = 0, display, None
-
-    def peek(self): return self.toks[self.i] if self.i < len(self.toks) else None
-    def take(self):
-        t = self.peek(); self.i += 1; return t
-
-    def group_raw(self) -> str:
-        "The raw text of the next {...} group (for \\text)."
-        while self.peek() is not None and self.peek().isspace(): self.take()
-        if self.take() != "{": raise _TexUnsupported("expected {")
-        depth, out = 1, []
-        while True:
-            t = self.take()
-            if t is None: raise _TexUnsupported("unbalanced {")
-            if t == "{": depth += 1
-            elif t == "}":
-                depth -= 1
-                if depth == 0: return "".join(out)
-            out.append(t)
-
-    def arg(self) -> str:
-        "One argument: a {group} or a single token, rendered."
-        while self.peek() is not None and self.peek().isspace(): self.take()
-        t = self.peek()
-        if t is None: raise _TexUnsupported("missing argument")
-        if t == "{":
-            self.take(); return self.seq(until=("}",))
-        if re.fullmatch(r"[A-Za-z]+", t) and len(t) > 1:  # one letter of a run: x_tx → x_t x
-            self.toks[self.i] = t[1:]; return f"<i>{t[0]}</i>"
-        return self.atom()
-
-    def atom(self) -> str:
-        t = self.take()
-        if t is None: raise _TexUnsupported("unexpected end")
-        if t == "{": return self.seq(until=("}",))
-        if t in ("}", "&", "\\\\"): raise _TexUnsupported(t)
-        if t.isspace(): return ""
-        if re.fullmatch(r"[A-Za-z]+", t): return f"<i>{t}</i>"
-        if t[0] == "\\": return self.command(t[1:])
-        if t in "^_": raise _TexUnsupported("dangling script")
-        return {"-": "−", "*": "∗", "'": "′", "<": "&lt;", ">": "&gt;", "~": "\u00a0", ",": ",\u2009",
-                ";": ";\u2005"}.get(t, html.escape(t))
-
-    def cases(self) -> str:
-        "\\begin{cases} rows (value & condition \\\\ ...) \\end{cases} as a brace and a two-column table."
-        rows = []
-        while True:
-            cells = [self.seq(until=("&", "\\\\", "\\end"))]
-            while self.stopped == "&": cells.append(self.seq(until=("&", "\\\\", "\\end")))
-            if any(c.strip() for c in cells): rows.append(cells)
-            if self.stopped == "\\end":
-                if self.group_raw().strip() != "cases": raise _TexUnsupported("\\end")
-                break
-        body = "".join('<span class="math-row">' + "".join(f"<span>{c}</span>" for c in r) + "</span>" for r in rows)
-        return (f'<span class="math-cases"><span class="math-brace" style="font-size:{1 + 0.9 * len(rows):.1f}em">'
-                f'{{</span><span class="math-rows">{body}</span></span>')
-
-    def command(self, name: str) -> str:
-        if name in _GREEK: return _GREEK[name] if name[0].isupper() else f"<i>{_GREEK[name]}</i>"
-        if name in _SYMBOLS: return _SYMBOLS[name]
-        if name in _SPACES: return _SPACES[name]
-        if name in _ESCAPED: return html.escape(_ESCAPED[name])
-        if name in ("left", "right", "big", "Big", "bigg", "Bigg", "bigl", "bigr", "Bigl", "Bigr", "displaystyle"):
-            if name in ("left", "right") and self.peek() == ".": self.take()
-            return ""
-        if name in _ACCENTS:
-            inner = self.arg()
-            plain = re.sub(r"<[^>]+>", "", inner)
-            if len(plain) == 1: return inner.replace(plain, plain + _ACCENTS[name])
-            return f'<span class="math-over">{inner}</span>'
-        if name in ("text", "textrm", "mathrm", "operatorname", "textnormal", "mbox"):
-            return f'<span class="math-up">{html.escape(self.group_raw())}</span>'
-        if name in ("textit", "mathit"): return f"<i>{html.escape(self.group_raw())}</i>"
-        if name in ("mathbf", "textbf", "boldsymbol", "bm"): return f"<b>{self.arg()}</b>"
-        if name == "mathcal": return _alnum_map(self.group_raw().strip(), 0x1D49C, 0, _SCRIPT_HOLES)
-        if name == "mathbb": return _alnum_map(self.group_raw().strip(), 0x1D538, 0, _BB_HOLES)
-        if name in ("frac", "dfrac", "tfrac"):
-            num, den = self.arg(), self.arg()
-            if self.display:
-                return f'<span class="math-frac"><span>{num}</span><span>{den}</span></span>'
-            wrap = lambda s: s if len(re.sub(r"<[^>]+>", "", s)) <= 1 else f"({s})"
-            return f"{wrap(num)}/{wrap(den)}"
-        if name == "sqrt": return f'√<span class="math-over">{self.arg()}</span>'
-        if name == "begin":
-            if self.group_raw().strip() != "cases": raise _TexUnsupported("environment")
-            return self.cases()
-        raise _TexUnsupported(name)
-
-    def seq(self, until: tuple = ()) -> str:
-        "Render tokens up to one in `until` (consumed; kept in self.stopped) or, if `until` is empty, the end."
-        out: list[str] = []
-        while True:
-            t = self.peek()
-            if t is None:
-                if until: raise _TexUnsupported("unbalanced group")
-                self.stopped = None
-                return "".join(out)
-            if t in until:
-                self.take(); self.stopped = t
-                return "".join(out)
-            if t in ("_", "^"):
-                self.take()
-                if not out: raise _TexUnsupported("script without base")
-                tag = "sub" if t == "_" else "sup"
-                out[-1] += f"<{tag}>{self.arg()}</{tag}>"
-                continue
-            if re.fullmatch(r"[A-Za-z]+", t) and len(t) > 1:  # a run of letters: each its own atom for scripts
-                self.take(); out.extend(f"<i>{c}</i>" for c in t); continue
-            a = self.atom()
-            if a in _REL and out: a = f"\u2005{a}\u2005"
-            elif a in _BIN and out and not re.sub(r"<[^>]+>|\s", "", out[-1]).endswith(("(", "[", ",", "=")) \
-                    and out[-1].strip(): a = f"\u2009{a}\u2009"
-            if a: out.append(a)
-
-def tex_to_html(tex: str, display: bool = False) -> str | None:
-    "HTML for a TeX formula of the supported subset (stacked fractions when `display`), or None otherwise."
-    try: body = _Tex(tex.strip(), display).seq()
-    except (_TexUnsupported, RecursionError): return None
-    body = re.sub(r"</i><i>", "", body)
-    return body.replace("*", "&#42;").replace("_", "&#95;").replace("\\", "&#92;").replace("[", "&#91;") \
-               .replace("]", "&#93;").replace("`", "&#96;")
+def tex_to_mathml(tex: str, display: bool = False) -> str | None:
+    "MathML for a TeX formula (latex2mathml; display='block' when `display`), or None when it cannot convert it."
+    from latex2mathml.converter import convert
+    try: mathml = convert(tex.strip(), display="block" if display else "inline")
+    except Exception:  # noqa: BLE001 - latex2mathml raises assorted errors (its own, IndexError ...) on bad TeX
+        return None
+    if re.search(r">[^<]*\\[A-Za-z]", mathml): return None  # it passes commands it does not know through as text
+    return re.sub(r">([^<]+)<", lambda m: f">{_md_safe(m.group(1))}<", mathml)
 
 _DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
 _INLINE = re.compile(r"(?<![\\$\w])\$(?![\s$])([^$\n]+?)(?<![\s\\])\$(?![\w$])")
 
 def convert_math(md: str) -> str:
-    "Render $…$ and $$…$$ outside code as HTML (see `tex_to_html`); unsupported formulas stay visible as TeX."
-    def display(m):
+    "Render $…$ and $$…$$ outside code as MathML (see `tex_to_mathml`); formulas it cannot convert stay as TeX."
+    def display(m: re.Match) -> str:
         tex = m.group(1).strip()
-        h = tex_to_html(tex, display=True)
-        if h is not None: return f'\n\n<div class="math-display"><span class="math">{h}</span></div>\n\n'
+        mathml = tex_to_mathml(tex, display=True)
+        if mathml is not None: return f'\n\n<div class="math-display">{mathml}</div>\n\n'
         return "\n\n" + _fence(tex, "latex") + "\n\n"
-    def inline(m):
-        h = tex_to_html(m.group(1))
-        if h is not None: return f'<span class="math">{h}</span>'
+    def inline(m: re.Match) -> str:
+        mathml = tex_to_mathml(m.group(1))
+        if mathml is not None: return f'<span class="math">{mathml}</span>'  # a bare <math> would start an HTML block
         return f'<code class="math-tex">{html.escape(m.group(1))}</code>'
     # $$ blocks may contain TeX that split_code would read as code spans (rare); handle them on the raw text.
     pieces = split_code(md)
@@ -659,6 +580,11 @@ def benchmarks_page(results: Path, stem: str = "benchmarks") -> Rendered:
 # 4. assemble and build
 # ---------------------------------------------------------------------------------------------------------------
 
+def _number_key(rel: str) -> tuple[int, str]:
+    "Sort key of a numbered notebook name: its leading number as an integer (9 before 10), then the name."
+    m = re.match(r"\d+", rel)
+    return (int(m.group()) if m else -1, rel)
+
 def page_name(nb_rel: str, meta: dict) -> str:
     "Site path of a notebook's page: nbdev's `output-file` stem (core.md for 00_core.ipynb) in the notebook's folder."
     folder = posixpath.dirname(nb_rel)
@@ -708,7 +634,7 @@ def assemble(proc: Path, nbs: Path, bench_results: Path) -> Site:
     nav: list = []
     if "index.ipynb" in by_source: nav.append({"Home": by_source["index.ipynb"]})
     top = [rel for rel in by_source if "/" not in rel and rel not in ("index.ipynb", "paper_map.ipynb")]
-    numbered = [rel for rel in top if re.match(r"^\d", rel)]
+    numbered = sorted((rel for rel in top if re.match(r"^\d", rel)), key=_number_key)
     other = [rel for rel in top if rel not in numbered]
     if numbered: nav.append({"API": [{pages[by_source[r]].title: by_source[r]} for r in numbered]})
     if "paper_map.ipynb" in by_source: nav.append({"Paper map": by_source["paper_map.ipynb"]})
