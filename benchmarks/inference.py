@@ -52,12 +52,12 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         from patchddm.data import PreparedDataset
         from patchddm.modes import load_run
         r = load_run(M.checkpoint_of(run_dir), device="cpu")
-        prep = Path(prep_dir or r.config.prep_dir)
+        prep = Path(prep_dir or r.config["prep_dir"])
         if not (prep / "prep.json").is_file(): raise PatchDDMError(prep, "preprocessed cache not found (pass --prep)")
         ds = PreparedDataset(prep)
         test = ds.split("test") or ds.case_ids
         size = ds.size
-        window = window or r.config.patch or size // 2
+        window = window or r.config["patch"] or size // 2
         model = dict(kind="run", path=str(run_dir))
         about = dict(run=str(run_dir), checkpoint=str(r.path), step=r.step, mode=r.mode, prep=str(prep),
                      case=test[0], model=r.model.cfg.to_dict())

@@ -41,7 +41,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
     from patchddm.modes import load_run
     ckpt = M.checkpoint_of(run_dir)
     r = load_run(ckpt, device=device)
-    prep = Path(prep_dir or r.config.prep_dir)
+    prep = Path(prep_dir or r.config["prep_dir"])
     if not (prep / "prep.json").is_file(): raise PatchDDMError(prep, "preprocessed cache not found (pass --prep)")
     ds = PreparedDataset(prep)
     ids = (ds.split("test") or ds.case_ids)[:1 if quick else cases]

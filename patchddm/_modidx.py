@@ -317,6 +317,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'patchddm.patching.start_probabilities': ('patching.html#start_probabilities', 'patchddm/patching.py')},
             'patchddm.phantoms': { 'patchddm.phantoms._check_resolution': ('phantoms.html#_check_resolution', 'patchddm/phantoms.py'),
                                    'patchddm.phantoms._component_at': ('phantoms.html#_component_at', 'patchddm/phantoms.py'),
+                                   'patchddm.phantoms._contrasts': ('phantoms.html#_contrasts', 'patchddm/phantoms.py'),
                                    'patchddm.phantoms._ellipsoid_radius': ('phantoms.html#_ellipsoid_radius', 'patchddm/phantoms.py'),
                                    'patchddm.phantoms._halve': ('phantoms.html#_halve', 'patchddm/phantoms.py'),
                                    'patchddm.phantoms._rotation': ('phantoms.html#_rotation', 'patchddm/phantoms.py'),

@@ -1,4 +1,4 @@
-"""Build the documentation site offline: nbdev's notebook processing, nbconvert's MarkdownExporter, latex2mathml, mkdocs.
+"""Build the documentation site offline: nbdev's processing, nbconvert's MarkdownExporter, latex2mathml, mkdocs.
 
 Usage: python tools/build_docs.py [--out _docs] [--bench benchmarks/results] [--keep-md DIR] [--no-strict]
                                   [--workers N] [--overwrite]
@@ -14,7 +14,7 @@ Usage: python tools/build_docs.py [--out _docs] [--bench benchmarks/results] [--
    PNG/SVG/JPEG images and cell attachments written next to the page). `$...$` / `$$...$$` TeX becomes MathML at
    build time (latex2mathml; no MathJax: the site loads nothing from the network); a formula it cannot convert
    stays visible as TeX source.
-3. Pages: the landing page (index.ipynb), one API page per numbered notebook in numbered (pipeline) order, the paper map,
+3. Pages: the landing page (index.ipynb), one API page per numbered notebook (numeric order), the paper map,
    Experiments (nbs/experiments/*.ipynb, when present) and Benchmarks (benchmarks/results/*.json|csv + figures).
 4. `mkdocs build --strict` (through mkdocs' Python API, so the navigation is computed here) into `--out`.
 
@@ -22,10 +22,10 @@ It never executes a notebook from top to bottom: pages show the outputs saved in
 """
 from __future__ import annotations
 
-import argparse, html, json, os, posixpath, re, shutil, sys, tempfile, time
+import argparse, functools, html, json, os, posixpath, re, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".patchddm-docs"  # written into every site this script builds; only such folders are replaced silently
@@ -158,6 +158,7 @@ def _fence(body: str, lang: str = "") -> str:
     return f"{'`' * n}{lang}\n{body.rstrip()}\n{'`' * n}"
 
 def _text(v: Any) -> str:
+    "A notebook string field as one string (nbformat allows a list of lines)."
     return "".join(v) if isinstance(v, list) else str(v)
 
 def _clean_stream(text: str) -> str:
@@ -307,6 +308,7 @@ _TEMPLATE = r"""{%- extends 'index.md.j2' -%}
 {% endblock data_text %}
 """
 
+@functools.lru_cache(maxsize=1)
 def _exporter() -> Any:
     "nbconvert's MarkdownExporter with the page template (images go to resources['outputs'], named by cell)."
     from jinja2 import DictLoader
@@ -324,13 +326,23 @@ def _tidy(md: str) -> str:
         out.append(t)
     return "".join(out).strip("\n") + "\n"
 
+_CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments"},
+              "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"}}
+
+def _valid_cell(cell: Any, index: int, nbformat_minor: int) -> Any:
+    "A cell nbconvert's validation accepts: no keys or metadata nbdev/execnb add (`has_sd`, timings), an id if 4.5."
+    keep = _CELL_KEYS.get(cell.get("cell_type"), set(cell))
+    for key in [k for k in cell if k not in keep or (k == "id" and nbformat_minor < 5)]: del cell[key]
+    cell["metadata"] = {}  # the page needs none of it
+    if nbformat_minor >= 5: cell.setdefault("id", f"cell-{index}")
+    return cell
+
 def notebook_to_markdown(nb: dict, stem: str, title: str | None = None) -> Rendered:
     "A processed notebook (dict, nbformat 4) → Rendered Markdown page named `stem` (images under `<stem>_files/`)."
     import nbformat
-    node = nbformat.from_dict(nb)  # a copy: the caller's dict is left alone
-    for i, cell in enumerate(node.get("cells", [])):  # nbformat 4.5 wants cell ids; hand-made notebooks lack them
-        if node.get("nbformat_minor", 0) >= 5: cell.setdefault("id", f"cell-{i}")
+    node = nbformat.reads(json.dumps(nb), as_version=4)  # a copy, with list-of-lines sources and outputs joined
     meta, cells = _frontmatter(node)
+    cells = [_valid_cell(c, i, node.get("nbformat_minor", 0)) for i, c in enumerate(cells)]
     title = title or str(meta.get("title") or posixpath.basename(stem))
     desc = str(meta.get("description") or "").strip()
     symbols: list[str] = []
@@ -338,10 +350,12 @@ def notebook_to_markdown(nb: dict, stem: str, title: str | None = None) -> Rende
     for i, cell in enumerate(cells):
         if cell.get("cell_type") == "markdown": kept.append(cell)
         elif cell.get("cell_type") == "code" and doc_cell(cell, i, symbols) is not None: kept.append(cell)
-    node["cells"] = kept
+    node["cells"], node["metadata"] = kept, {}
     folder, base = posixpath.split(stem)
-    body, res = _exporter().from_notebook_node(node, resources={"output_files_dir": f"{base}_files", "unique_key": base})
-    files = {posixpath.join(folder, name.replace(os.sep, "/")): blob for name, blob in (res.get("outputs") or {}).items()}
+    body, res = _exporter().from_notebook_node(node, resources={"output_files_dir": f"{base}_files",
+                                                                "unique_key": base})
+    files = {posixpath.join(folder, name.replace(os.sep, "/")): blob
+             for name, blob in (res.get("outputs") or {}).items()}
     head = f"# {title}\n\n" + (f"{desc}\n{{: .lead }}\n\n" if desc else "")
     return Rendered(text=_tidy(head + body), files=files, symbols=symbols, title=title, description=desc)
 
