@@ -329,20 +329,26 @@ def _tidy(md: str) -> str:
 _CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments"},
               "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"}}
 
-def _valid_cell(cell: Any, index: int, nbformat_minor: int) -> Any:
-    "A cell nbconvert's validation accepts: no keys or metadata nbdev/execnb add (`has_sd`, timings), an id if 4.5."
+def _valid_cell(cell: Any, nbformat_minor: int) -> Any:
+    "A cell nbconvert's validation accepts: no keys or metadata nbdev/execnb add (`has_sd`, timings ...)."
     keep = _CELL_KEYS.get(cell.get("cell_type"), set(cell))
     for key in [k for k in cell if k not in keep or (k == "id" and nbformat_minor < 5)]: del cell[key]
     cell["metadata"] = {}  # the page needs none of it
-    if nbformat_minor >= 5: cell.setdefault("id", f"cell-{index}")
     return cell
+
+def _node_copy(nb: dict) -> Any:
+    "A NotebookNode copy of `nb`: list-of-lines fields joined, ids added where nbformat 4.5 wants them."
+    import nbformat
+    data = json.loads(json.dumps(nb))
+    if data.get("nbformat_minor", 0) >= 5:
+        for i, cell in enumerate(data.get("cells", [])): cell.setdefault("id", f"cell-{i}")
+    return nbformat.reads(json.dumps(data), as_version=4)
 
 def notebook_to_markdown(nb: dict, stem: str, title: str | None = None) -> Rendered:
     "A processed notebook (dict, nbformat 4) → Rendered Markdown page named `stem` (images under `<stem>_files/`)."
-    import nbformat
-    node = nbformat.reads(json.dumps(nb), as_version=4)  # a copy, with list-of-lines sources and outputs joined
+    node = _node_copy(nb)
     meta, cells = _frontmatter(node)
-    cells = [_valid_cell(c, i, node.get("nbformat_minor", 0)) for i, c in enumerate(cells)]
+    cells = [_valid_cell(c, node.get("nbformat_minor", 0)) for c in cells]
     title = title or str(meta.get("title") or posixpath.basename(stem))
     desc = str(meta.get("description") or "").strip()
     symbols: list[str] = []
