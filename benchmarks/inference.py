@@ -1,5 +1,5 @@
 """Inference: whole-volume vs sliding-window sampling. Peak memory and time of one network evaluation and of a short
-DDIM run on an S³ volume, whole or in overlapping W³ windows (`patchddm.evaluate.make_eps_fn(window=W)`), and how
+DDIM run on an S³ volume, whole or in overlapping W³ windows (`patchddm.predict.make_eps_fn(window=W)`), and how
 far the windowed result is from the whole-volume one.
 
 Without a trained run (`--run`), the network is the small preset from seed 0 with its zero-initialised output
@@ -7,7 +7,7 @@ convolutions re-initialised (otherwise its ε is identically 0 and any compariso
 seed 0: the agreement is stated as the largest ε difference and whether the sampled masks are equal, and Dice
 against the truth is "n/a". With a trained run, the volume is the first test case of the run's cache, the window
 the run's training patch, and Dice (windowed vs whole, and each against the truth) is measured on `--cases` test
-cases (`patchddm.evaluate.segment_volume`, ensemble 1, seed 0). Target (never asserted): windowed memory
+cases (`patchddm.predict.segment_volume`, ensemble 1, seed 0). Target (never asserted): windowed memory
 ≤ 0.25× whole-volume.
 
     python benchmarks/inference.py --out benchmarks/results [--run RUN_DIR]

@@ -8,7 +8,7 @@ Memory on the CPU is the peak resident set size during the measured call (Linux 
 `/proc/self/clear_refs` just before) minus the resident size right before it, with glibc told to serve and return
 every block above 128 KiB straight from/to the OS, so resident memory follows live tensors. On CUDA it is
 `torch.cuda.max_memory_allocated` minus the allocation right before the call. This is the procedure of
-`patchddm.model.peak_memory`, extended to networks other than ours (MONAI) and to whole sampling calls.
+`patchddm.profiling.peak_memory`, extended to networks other than ours (MONAI) and to whole sampling calls.
 
 Spec keys (all JSON):
     task      "train" (forward, ε-MSE loss, backward, AdamW step) | "forward" (no_grad) | "call" (a registered
@@ -167,7 +167,7 @@ def untrained(cfg_dict: dict, seed: int = 0):
 
 def inference_call(spec: dict, dev):
     """(prime, run) for an inference measurement: one network evaluation ("eval") or a DDIM run ("ddim") on a whole
-    volume, either at once (window None) or in overlapping window³ crops (`patchddm.evaluate.make_eps_fn`)."""
+    volume, either at once (window None) or in overlapping window³ crops (`patchddm.predict.make_eps_fn`)."""
     import numpy as np
     import torch
     from patchddm.diffusion import Diffusion

@@ -1,7 +1,7 @@
 """Memory options of the training step: bf16 autocast and activation checkpointing, each on and off, as peak-memory
 and time ratios against plain fp32 (small preset, one P³ patch, 8 input channels).
 
-Each point is `patchddm.model.peak_memory` (fresh subprocess, batch 1, forward + loss + backward): peak memory above
+Each point is `patchddm.profiling.peak_memory` (fresh subprocess, batch 1, forward + loss + backward): peak memory above
 the process baseline and the median time of `repeats` steps. bf16 autocast pays off only where the CPU has native
 bf16 (avx512_bf16 / AMX; recorded as machine.cpu_bf16) or on a GPU. Measured, never asserted.
 
@@ -50,7 +50,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
                                    cpu_time_ratio=row["cpu_time_ratio"]) for row in rows[1:]}
     setup = dict(preset=preset, model=cfg.to_dict(), size=size, in_ch=cfg.in_ch, device=device, batch=1,
                  repeats=repeats, threads=threads, seed=0, quick=quick,
-                 step="forward + loss + backward (patchddm.model.peak_memory)")
+                 step="forward + loss + backward (patchddm.profiling.peak_memory)")
     notes = [] if machine["cpu_bf16"] or device.startswith("cuda") else \
         ["this CPU has no native bf16: bf16 autocast runs emulated and is expected to be slow"]
     return report.write_result(out, NAME, __doc__.split("\n\n")[0].replace("\n", " "), machine, setup, results,

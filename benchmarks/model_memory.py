@@ -2,7 +2,7 @@
 fits in the memory of the concatenating one (the paper's "1.61x wider at equal memory").
 
 Every measurement is one forward + backward pass (fp32, batch 1, seed 0) of `patchddm.model.UNet3D` in a fresh
-subprocess (`patchddm.model.peak_memory`): peak resident memory above the process's baseline after imports,
+subprocess (`patchddm.profiling.peak_memory`): peak resident memory above the process's baseline after imports,
 model build and input allocation. Measured, not asserted.
 
     python benchmarks/model_memory.py --out benchmarks/results/model_memory.json

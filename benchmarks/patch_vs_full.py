@@ -2,7 +2,7 @@
 images, three coordinate channels, x_t) against the whole (2P)³ volume (5 channels, no coordinates), same network.
 
 Paper (Table 1, A100, P = 128): memory 10.6 / 78.5 GB = 0.135, time 0.340 / 2.12 s = 0.16. The voxel ratio is
-1/8 = 0.125. Each point is `patchddm.model.peak_memory` (fresh subprocess; forward + ε-MSE-like loss + backward,
+1/8 = 0.125. Each point is `patchddm.profiling.peak_memory` (fresh subprocess; forward + ε-MSE-like loss + backward,
 batch 1, fp32): peak memory above the process baseline (activations and gradients), and the median time of
 `repeats` steps. `train_total_MiB` adds the weights and AdamW's two moments (12 bytes per parameter), which a real
 step also holds. Measured, never asserted.
@@ -59,7 +59,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
         print(f"  P={P}: memory ratio {results[f'P{P}']['memory_ratio']}, time ratio {results[f'P{P}']['time_ratio']}")
     setup = dict(preset=preset, model=preset_config(preset).to_dict(), patches=patches, device=device, batch=1,
                  dtype="float32", repeats=repeats, threads=threads, seed=0, quick=quick,
-                 step="forward + loss + backward (patchddm.model.peak_memory)")
+                 step="forward + loss + backward (patchddm.profiling.peak_memory)")
     notes = ["time ratios on a shared CPU: both sides of a ratio ran back to back; absolute seconds are not "
              "comparable across runs"] if device == "cpu" else []
     return report.write_result(out, NAME, __doc__.split("\n\n")[0].replace("\n", " "), machine, setup, results,

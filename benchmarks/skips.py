@@ -44,7 +44,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, threads: int = 
     for k in ("tensor_peak_MiB", "tensor_memory_ratio_concat_over_avg", "width_ratio_interpolated_tensors"):
         if k in raw: results[k] = raw[k]           # live-tensor peaks (profiler), where model_memory.py records them
     setup = dict(raw["setup"], quick=quick, tool="benchmarks/model_memory.py",
-                 step="forward + loss + backward (patchddm.model.peak_memory)")
+                 step="forward + loss + backward (patchddm.profiling.peak_memory)")
     return report.write_result(out, NAME, __doc__.split("\n\n")[0].replace("\n", " "), machine, setup, results,
                                rows, _plot(raw), targets=dict(width_ratio_min=1.5, paper_width_ratio=PAPER_WIDTH_RATIO),
                                seconds_total=time.time() - t0)

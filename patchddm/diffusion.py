@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional, Sequence
 
 import torch
+from fastcore.basics import patch
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -106,13 +107,6 @@ class Diffusion(nn.Module):
         a, b = self.sqrt_alpha_bar[t].to(x0.device), self.sqrt_one_minus_alpha_bar[t].to(x0.device)
         return _bcast(a, x0) * x0 + _bcast(b, x0) * eps
 
-def _method(f):
-    "Attach `f` (named `_name`) to `Diffusion` as method `name`, so each method can live in its own cell."
-    name = f.__name__.lstrip("_")
-    f.__name__, f.__qualname__ = name, f"Diffusion.{name}"
-    setattr(Diffusion, name, f)
-    return f
-
 def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
     "Standard normal float32 of `shape` on `device`; with a generator, drawn on the generator's device (so seeds reproduce across devices)."
     if generator is None: return torch.randn(tuple(shape), device=device)
@@ -161,16 +155,16 @@ def _sqrt_ab(diff: Diffusion, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     t = t.to(diff.device)
     return tuple(_bcast(v[t].to(like.device, like.dtype), like) for v in (diff.sqrt_alpha_bar, diff.sqrt_one_minus_alpha_bar))
 
-@_method
-def _target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+@patch
+def target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
     "The regression target of the network for x0, ε (B, 1, ...) and t (B,): ε, v or x0 by `cfg.prediction`."
     if self.cfg.prediction == "eps": return eps
     if self.cfg.prediction == "x0": return x0
     a, b = _sqrt_ab(self, t, x0)
     return a * eps - b * x0
 
-@_method
-def _output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+@patch
+def output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     "ε implied by a network output `out` (B, 1, ...) at x_t (B, 1, ...) and t (B,), for `cfg.prediction`."
     if self.cfg.prediction == "eps": return out
     a, b = _sqrt_ab(self, t, out)
@@ -191,10 +185,10 @@ def _check_eps(eps: Tensor, x: Tensor, where: str = "eps_fn") -> Tensor:
         raise PatchDDMError(where, f"returned {tuple(getattr(eps, 'shape', ())) or type(eps).__name__} for x_t of shape {tuple(x.shape)}")
     return eps
 
-@_method
-def _loss(self: Diffusion, eps_fn: EpsFn, x0: Tensor, cond: Tensor | None = None,
-          generator: torch.Generator | None = None, t: Tensor | None = None, return_t: bool = False,
-          check_range: bool = True):
+@patch
+def loss(self: Diffusion, eps_fn: EpsFn, x0: Tensor, cond: Tensor | None = None,
+         generator: torch.Generator | None = None, t: Tensor | None = None, return_t: bool = False,
+         check_range: bool = True):
     "Scalar ε-MSE of eq. 4 for x0 (B,1,...) in [−1,1], cond (B,C,...) or None; t (B,) drawn uniformly unless given."
     if not isinstance(x0, Tensor) or x0.dim() < 3 or x0.shape[1] != 1:
         raise PatchDDMError("loss", f"x0 must be (B, 1, ...), got {tuple(getattr(x0, 'shape', ()))}")
@@ -215,8 +209,8 @@ def _loss(self: Diffusion, eps_fn: EpsFn, x0: Tensor, cond: Tensor | None = None
 # %% ../nbs/05_diffusion.ipynb #512c9729
 SPACINGS = ("uniform", "quadratic", "logsnr")
 
-@_method
-def _timesteps(self: Diffusion, steps: int, spacing: str = "uniform") -> list[int]:
+@patch
+def timesteps(self: Diffusion, steps: int, spacing: str = "uniform") -> list[int]:
     "The `steps` strictly decreasing integer timesteps of a sampler, first T−1, last 0 (just [T−1] for one step)."
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.T:
         raise PatchDDMError("sampling", f"steps must be an integer in [1, {self.T}], got {steps!r}")
@@ -278,10 +272,10 @@ def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int
     return x_T.float().clone(), generator
 
 # %% ../nbs/05_diffusion.ipynb #31b83f54
-@_method
-def _ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
-          eta: float = 0.0, seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
-          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
+@patch
+def ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
+         eta: float = 0.0, seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
     "DDIM sample x0 of `shape` (B,1,...) with `steps` evaluations of eps_fn(x_t, t, cond (B,C,...)); η=0 is deterministic."
     if not eta >= 0: raise PatchDDMError("ddim", f"eta must be >= 0, got {eta}")
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
@@ -297,10 +291,10 @@ def _ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[i
     return ev.finish(x, "ddim")
 
 # %% ../nbs/05_diffusion.ipynb #318fb8cc
-@_method
-def _ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int | None = None, *,
-          seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
-          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
+@patch
+def ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int | None = None, *,
+         seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
     "Ancestral DDPM sample x0 of `shape` (B,1,...) with `steps` (default T) evaluations of eps_fn(x_t, t, cond)."
     steps = self.T if steps is None else steps
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
@@ -319,11 +313,11 @@ def _ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[i
     return ev.finish(x, "ddpm")
 
 # %% ../nbs/05_diffusion.ipynb #ec3b27a4
-@_method
-def _dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
-              seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
-              clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
-              lower_order_final: bool = True):
+@patch
+def dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
+             seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+             clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
+             lower_order_final: bool = True):
     "DPM-Solver++(2M) sample x0 of `shape` (B,1,...) with `steps` evaluations of eps_fn(x_t, t, cond); deterministic."
     ts = self.timesteps(steps, spacing or "quadratic") + [-1]
     x, _ = _start(self, cond, shape, seed, generator, x_T, "dpm++2m")
@@ -342,11 +336,11 @@ def _dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequen
             x0_prev, h_prev = x0, h
     return ev.finish(x, "dpm++2m")
 
-@_method
-def _heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 10, *,
-          seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
-          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
-          lower_order_final: bool = True):
+@patch
+def heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 10, *,
+         seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
+         lower_order_final: bool = True):
     "Heun (Karras) sample x0 of `shape` (B,1,...) on a `steps`-point grid: `nfe('heun', steps)` evaluations of eps_fn; deterministic."
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
     x, _ = _start(self, cond, shape, seed, generator, x_T, "heun")
@@ -374,9 +368,9 @@ def nfe(solver: str, steps: int, lower_order_final: bool = True) -> int:
     if solver != "heun" or steps == 1: return steps
     return 2 * steps - (2 if lower_order_final else 1)
 
-@_method
-def _sample(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], solver: str = "ddim",
-            steps: int = 20, seed: int | None = 0, **kwargs):
+@patch
+def sample(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], solver: str = "ddim",
+           steps: int = 20, seed: int | None = 0, **kwargs):
     "Sample x0 of `shape` (B,1,...) in [−1,1] with `solver` in ddim | ddpm | dpm++2m | heun; kwargs go to the solver."
     nfe(solver, 1)                                                # validates the name
     if "eta" in kwargs and solver != "ddim" and kwargs["eta"]:
@@ -411,11 +405,11 @@ class EnsembleResult:
     members: list[Tensor] | None = None
 
 # %% ../nbs/05_diffusion.ipynb #2809fda8
-@_method
-def _ensemble(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], n: int = 5, *,
-              seed: int = 0, seeds: Sequence[int] | None = None, solver: str = "ddim", steps: int = 20,
-              threshold: float = 0.0, keep_members: bool = False,
-              callback: Callable[[int, int, Tensor], None] | None = None, progress: bool = True, **kwargs) -> EnsembleResult:
+@patch
+def ensemble(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], n: int = 5, *,
+             seed: int = 0, seeds: Sequence[int] | None = None, solver: str = "ddim", steps: int = 20,
+             threshold: float = 0.0, keep_members: bool = False,
+             callback: Callable[[int, int, Tensor], None] | None = None, progress: bool = True, **kwargs) -> EnsembleResult:
     "n samples of `shape` (B,1,...) from seeds `seed+k` (or `seeds`), binarised at `threshold` → probability, variance, mask."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise PatchDDMError("ensemble", f"n must be a positive integer, got {n!r}")
     nfe(solver, steps)                                           # validates the solver before any work

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
@@ -311,7 +312,8 @@ def activation_estimate(model: "UNet3D", size: int | Sequence[int], batch: int =
         ch = block.cout if isinstance(block, ResBlock) else (model.cfg.base * model.cfg.mults[0] if role == "in" else ch)
     return out
 
-def _place(self: "UNet3D", devices: Sequence[torch.device | str], split: int | None = None) -> "UNet3D":
+@patch
+def place(self: UNet3D, devices: Sequence[torch.device | str], split: int | None = None) -> UNet3D:
     "Put the model on one device, or on two: blocks[:split] (and the time embedding) on devices[0], the rest on devices[1]."
     try: devs = [torch.device(d) for d in devices]
     except (RuntimeError, TypeError): raise PatchDDMError("UNet3D.place", f"not a list of devices: {devices!r}") from None
@@ -327,5 +329,3 @@ def _place(self: "UNet3D", devices: Sequence[torch.device | str], split: int | N
     for i, block in enumerate(self.blocks): block.to(devs[0] if i < split else devs[1])
     self.split = split
     return self
-
-UNet3D.place = _place
