@@ -13,8 +13,8 @@ import typer
 from .core import PatchDDMError, load_settings
 
 # %% auto #0
-__all__ = ['app', 'cli_errors', 'phantoms', 'preprocess', 'train', 'view', 'segment', 'evaluate', 'profile', 'demo', 'parse_sets',
-           'ablate', 'main']
+__all__ = ['app', 'TRAIN_FROM_SETTINGS', 'cli_errors', 'package_version', 'phantoms', 'preprocess', 'train_parameters', 'train',
+           'view', 'segment', 'evaluate', 'profile', 'parse_sets', 'demo', 'ablate', 'main']
 
 # %% ../nbs/15_cli.ipynb #5f4b8685
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -32,6 +32,26 @@ def cli_errors(fn):
             typer.echo("error: interrupted", err=True)
             raise typer.Exit(130)
     return wrapper
+
+# %% ../nbs/15_cli.ipynb #bf9091a5
+def package_version() -> str:
+    "The installed patchddm version (importlib.metadata), else `patchddm.__version__`."
+    from importlib.metadata import PackageNotFoundError, version
+    try: return version("patchddm")
+    except PackageNotFoundError:
+        from patchddm import __version__
+        return __version__
+
+def _print_version(value: bool) -> None:
+    "Eager callback of `--version`: print `patchddm <version>` and exit 0."
+    if value:
+        typer.echo(f"patchddm {package_version()}")
+        raise typer.Exit()
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    "PatchDDM: memory-efficient 3D diffusion models for tumour segmentation."
 
 # %% ../nbs/15_cli.ipynb #4a845ce5
 @app.command()
@@ -68,46 +88,57 @@ def preprocess(data_dir: Optional[Path] = typer.Argument(None, help="BraTS folde
                + (f"; skipped {len(skipped)}: " + ", ".join(str(x) for x in skipped) if skipped else ""))
 
 # %% ../nbs/15_cli.ipynb #e2cc3518
+import inspect, typing
+from dataclasses import fields
+from typing import Any, Callable
+
+TRAIN_FROM_SETTINGS = {"preset": "preset", "devices": "device", "seed": "seed"}   # TrainConfig field → settings.ini key
+
+def _option_type(annotation: Any) -> tuple[Any, bool]:
+    "(type for click, optional?) of a resolved annotation: `int | None` → (int, True), `Path | str` → (Path, False)."
+    args = typing.get_args(annotation)
+    if not args: return annotation, False
+    rest = [a for a in args if a is not type(None)]
+    return (Path if Path in rest else rest[0]), len(rest) < len(args)
+
+def train_parameters() -> list[inspect.Parameter]:
+    "Signature of `patchddm train`: PREP_DIR RUN_DIR, one typer option per `TrainConfig` field (help: its metadata), --resume, --overwrite."
+    from patchddm.train import TrainConfig
+    P, hints, s = inspect.Parameter, typing.get_type_hints(TrainConfig), dict(TRAIN_FROM_SETTINGS, prep_dir="prep_dir")
+    out = []
+    for f in fields(TrainConfig):
+        tp, optional = _option_type(hints[f.name])
+        default, help = f.default, f.metadata.get("help", "")
+        if f.name in s: default, optional, help = None, True, f"{help} (default: settings {s[f.name]})"
+        if f.name == "run_dir": default, optional, help = None, True, f"{help} (default: <results_dir>/<mode>)"
+        kind, info = ((P.POSITIONAL_OR_KEYWORD, typer.Argument(default, help=help, show_default=False))
+                      if f.name in ("prep_dir", "run_dir") else (P.KEYWORD_ONLY, typer.Option(default, help=help)))
+        out.append(P(f.name, kind, default=info, annotation=Optional[tp] if optional else tp))
+    return out + [P("resume", P.KEYWORD_ONLY, default=typer.Option(False, help="continue from RUN_DIR/last.pt"), annotation=bool),
+                  P("overwrite", P.KEYWORD_ONLY, default=typer.Option(False, help="replace an existing run folder"), annotation=bool)]
+
+# %% ../nbs/15_cli.ipynb #253ab5ca
+def _with_signature(params: list[inspect.Parameter]) -> Callable:
+    "Decorator: give a `**kwargs` function the signature `params` (and matching annotations) for typer to read."
+    def deco(fn: Callable) -> Callable:
+        fn.__signature__ = inspect.Signature(params)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+    return deco
+
 @app.command()
 @cli_errors
-def train(prep_dir: Optional[Path] = typer.Argument(None, help="preprocessed cache (default: settings prep_dir)"),
-          run_dir: Optional[Path] = typer.Argument(None, help="run folder (default: <results_dir>/<mode>)"),
-          mode: str = typer.Option("patchddm", help="patchddm | fullres | halfres | patchddm-nocoords"),
-          preset: Optional[str] = typer.Option(None, help="model preset: tiny | small | paper (default: settings preset)"),
-          patch: Optional[int] = typer.Option(None, help="patch edge for the patch modes (default: half the volume)"),
-          patch_dist: str = typer.Option("paper", help="patch-start distribution: paper | code | uniform"),
-          flip: bool = typer.Option(False, help="mirror training samples left–right with probability ½"),
-          steps: int = typer.Option(1000, help="optimisation steps"),
-          lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default: the preset's)"),
-          lr_schedule: str = typer.Option("constant", help="constant (the paper's) | cosine (decay to 0)"),
-          warmup: int = typer.Option(0, help="linear learning-rate warm-up steps"),
-          prediction: str = typer.Option("eps", help="what the network predicts: eps (the paper's) | v | x0"),
-          batch: int = typer.Option(1, help="batch size per process"),
-          ema: Optional[float] = typer.Option(None, help="EMA decay of the weights, e.g. 0.999"),
-          grad_clip: Optional[float] = typer.Option(None, help="max gradient norm"),
-          amp: str = typer.Option("auto", help="auto | bf16 | fp16 | none"),
-          checkpointing: bool = typer.Option(False, help="activation checkpointing (less memory, a little slower)"),
-          devices: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:0,cuda:1 (FullRes split) | cpu,cpu"),
-          val_every: int = typer.Option(250, help="validate every N steps (0: never)"),
-          val_steps: int = typer.Option(10, help="DDIM steps of validation sampling"),
-          val_cases: Optional[int] = typer.Option(None, help="validate on the first N validation cases"),
-          ckpt_every: int = typer.Option(100, help="write last.pt every N steps"),
-          log_every: int = typer.Option(10, help="log every N steps"),
-          seed: Optional[int] = typer.Option(None, help="random seed (default: settings seed)"),
-          workers: int = typer.Option(0, help="data loader worker processes"),
-          resume: bool = typer.Option(False, help="continue from RUN_DIR/last.pt"),
-          overwrite: bool = typer.Option(False, help="replace an existing run folder")):
-    "Train a diffusion segmentation model on the preprocessed cache."
+@_with_signature(train_parameters())
+def train(**options) -> None:
+    "Train a diffusion segmentation model on the preprocessed cache (the options are the fields of `patchddm.train.TrainConfig`)."
     from patchddm.train import TrainConfig, train as _train
     s = load_settings()
-    cfg = TrainConfig(prep_dir=prep_dir or s.prep_dir, run_dir=run_dir or s.results_dir / mode, mode=mode,
-                      preset=preset or s.preset, patch=patch, patch_dist=patch_dist, flip=flip, steps=steps, lr=lr,
-                      lr_schedule=lr_schedule, warmup=warmup, prediction=prediction, batch=batch,
-                      ema=ema, grad_clip=grad_clip, amp=amp, checkpointing=checkpointing,
-                      devices=devices or s.device, val_every=val_every, val_steps=val_steps, val_cases=val_cases,
-                      ckpt_every=ckpt_every, log_every=log_every, seed=s.seed if seed is None else seed,
-                      workers=workers)
-    summary = _train(cfg, resume=resume, overwrite=overwrite, progress=True)
+    resume, overwrite = options.pop("resume"), options.pop("overwrite")
+    for name, key in TRAIN_FROM_SETTINGS.items():
+        if options[name] is None: options[name] = getattr(s, key)
+    options["prep_dir"] = options["prep_dir"] or s.prep_dir
+    options["run_dir"] = options["run_dir"] or s.results_dir / options["mode"]
+    summary = _train(TrainConfig(**options), resume=resume, overwrite=overwrite, progress=True)
     if summary: typer.echo("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
 
 # %% ../nbs/15_cli.ipynb #8d2ab386
@@ -155,17 +186,26 @@ def segment(run: Path = typer.Argument(..., help="a training run folder (uses be
 @cli_errors
 def evaluate(pred_dir: Path = typer.Argument(..., help="prediction folder written by `patchddm segment`"),
              truth_dir: Path = typer.Argument(..., help="BraTS case folders with their seg files"),
-             out: Optional[Path] = typer.Option(None, help="per-case CSV to write"),
+             out: Optional[Path] = typer.Option(None, help="CSV to write: one row per case and region (+ .summary.csv)"),
+             lesionwise: bool = typer.Option(False, help="add the BraTS 2023 lesion-wise Dice and HD95"),
+             uncertainty: bool = typer.Option(False, help="add the QU-BraTS uncertainty scores and the calibration error"),
+             rules: str = typer.Option("glioma", help="lesion-wise rules: glioma | metastases | meningioma | pediatric | africa"),
+             labels: str = typer.Option("brats2020", help="label convention of the truth: brats2020 | brats2021 | brats2023"),
+             uncertainty_map: str = typer.Option("entropy", help="uncertainty map to score: entropy | variance"),
              overwrite: bool = typer.Option(False, help="replace an existing CSV")):
-    "Per-case Dice and HD95 (mm) and their mean ± std, like the paper's Table 2; exit 1 if a case could not be read."
-    from patchddm.evaluate import evaluate_dirs, summarize
-    df = evaluate_dirs(pred_dir, truth_dir, out, overwrite=overwrite, progress=True)
-    cols = [c for c in ("case_id", "status", "dice", "hd95") if c in df]
-    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    sm = summarize(df).iloc[0]
-    typer.echo(f"evaluate: Dice {sm['dice_mean']:.3f} ± {sm['dice_std']:.3f}, HD95 {sm['hd95_mean']:.2f} ± "
-               f"{sm['hd95_std']:.2f} mm over {int(sm['n'])} cases" + (f" → {out}" if out else ""))
-    bad = df[df["status"] == "error"]
+    "Dice, HD95 (mm), sensitivity, specificity per case and region (+ lesion-wise, uncertainty) and their mean ± std; exit 1 if a case could not be read."
+    from patchddm.evaluate import evaluate_dirs
+    df = evaluate_dirs(pred_dir, truth_dir, out, overwrite=overwrite, progress=True, lesionwise=lesionwise,
+                       uncertainty=uncertainty, rules=rules, labels=labels, uncertainty_map=uncertainty_map)
+    cols = [c for c in ("case_id", "region", "status", "dice", "hd95", "lesion_dice", "lesion_hd95", "unc_score", "ece") if c in df]
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    for region, sm in df.attrs["summary"].iterrows():
+        parts = [f"Dice {sm['dice_mean']:.3f} ± {sm['dice_std']:.3f}", f"HD95 {sm['hd95_mean']:.2f} ± {sm['hd95_std']:.2f} mm"]
+        if lesionwise: parts.append(f"lesion-wise Dice {sm['lesion_dice_mean']:.3f}, HD95 {sm['lesion_hd95_mean']:.2f} mm")
+        if uncertainty: parts.append(f"QU-BraTS score {sm['unc_score_mean']:.3f}, ECE {sm['ece_mean']:.3f}")
+        typer.echo(f"evaluate {region}: {', '.join(parts)} over {int(sm['n'])} cases")
+    if out: typer.echo(f"evaluate: → {out}")
+    bad = df.drop_duplicates("case_id").query("status == 'error'")
     if len(bad):     # unreadable predictions or truths: the CSV lists them, the exit status says so
         typer.echo(f"error: {len(bad)} case(s) could not be evaluated (listed above and in the CSV)", err=True)
         raise typer.Exit(1)
@@ -187,29 +227,6 @@ def profile(mode: str = typer.Option("patchddm", help="patchddm | fullres | half
     typer.echo(profile_table([r]).to_string())
 
 # %% ../nbs/15_cli.ipynb #e330c971
-@app.command()
-@cli_errors
-def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (default: <results_dir>/demo)"),
-         n_cases: Optional[int] = typer.Option(None, help="phantom cases (default: the demo's, 40)"),
-         resolution: Optional[int] = typer.Option(None, help="phantom resolution in mm (default 4 → 64³ volumes)"),
-         preset: Optional[str] = typer.Option(None, help="model preset (default: tiny)"),
-         patch: Optional[int] = typer.Option(None, help="training patch edge (default: 32)"),
-         train_steps: Optional[int] = typer.Option(None, help="training steps (default: the demo's)"),
-         flip: Optional[bool] = typer.Option(None, help="left–right mirroring augmentation (default: off)"),
-         sample_steps: Optional[int] = typer.Option(None, help="DDIM steps at test time (default: 2)"),
-         ensemble: Optional[int] = typer.Option(None, help="ensemble members per test case (default: 5)"),
-         window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
-         seed: Optional[int] = typer.Option(None, help="seed of data, split, training and sampling (default: 0)"),
-         report: bool = typer.Option(True, help="render the papermill report"),
-         overwrite: bool = typer.Option(False, help="start over instead of reusing finished stages")):
-    "Run the main job on the embedded data: phantoms → cache → train → segment → evaluate → report."
-    from patchddm.demo import DemoConfig, run_demo
-    given = dict(n_cases=n_cases, resolution=resolution, preset=preset, patch=patch, train_steps=train_steps, flip=flip,
-                 sample_steps=sample_steps, ensemble=ensemble, window=window, seed=seed)
-    cfg = DemoConfig(report=report, **{k: v for k, v in given.items() if v is not None})   # unset: DemoConfig's default
-    run_demo(out_dir or load_settings().results_dir / "demo", cfg, overwrite=overwrite, progress=True)
-
-# %% ../nbs/15_cli.ipynb #a749c33b
 def parse_sets(items: list[str]) -> dict:
     "`['name=json', ...]` → {name: value}; a value that is not JSON is kept as a string."
     import json
@@ -223,12 +240,39 @@ def parse_sets(items: list[str]) -> dict:
 
 @app.command()
 @cli_errors
+def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (default: <results_dir>/demo)"),
+         n_cases: Optional[int] = typer.Option(None, help="phantom cases (default: the demo's, 40)"),
+         resolution: Optional[int] = typer.Option(None, help="phantom resolution in mm (default 4 → 64³ volumes)"),
+         preset: Optional[str] = typer.Option(None, help="model preset (default: tiny)"),
+         patch: Optional[int] = typer.Option(None, help="training patch edge (default: 32)"),
+         train_steps: Optional[int] = typer.Option(None, "--steps", "--train-steps", help="training steps (default: the demo's, 5000)"),
+         flip: Optional[bool] = typer.Option(None, help="left–right mirroring augmentation (default: off)"),
+         set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of a TrainConfig setting, a JSON value (repeatable)"),
+         sample_steps: Optional[int] = typer.Option(None, help="DDIM steps at test time (default: 2)"),
+         ensemble: Optional[int] = typer.Option(None, help="ensemble members per test case (default: 5)"),
+         window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
+         seed: Optional[int] = typer.Option(None, help="seed of data, split, training and sampling (default: 0)"),
+         report: bool = typer.Option(True, help="render the papermill report"),
+         overwrite: bool = typer.Option(False, help="start over instead of reusing finished stages")):
+    "Run the main job on the embedded data: phantoms → cache → train → segment → evaluate → report."
+    from patchddm.demo import DemoConfig, run_demo
+    train = parse_sets(set_)
+    flags = {k: v for k, v in dict(preset=preset, patch=patch, steps=train_steps, flip=flip).items() if v is not None}
+    twice = sorted(set(flags) & set(train))
+    if twice: raise PatchDDMError(f"--set {twice[0]}", "given twice: with --set and as its own option")
+    given = dict(n_cases=n_cases, resolution=resolution, sample_steps=sample_steps, ensemble=ensemble, window=window, seed=seed)
+    cfg = DemoConfig(report=report, train={**train, **flags}, **{k: v for k, v in given.items() if v is not None})
+    run_demo(out_dir or load_settings().results_dir / "demo", cfg, overwrite=overwrite, progress=True)
+
+# %% ../nbs/15_cli.ipynb #a749c33b
+@app.command()
+@cli_errors
 def ablate(out_dir: Optional[Path] = typer.Argument(None, help="results root (default: <results_dir>/ablations)"),
            modes: str = typer.Option("patchddm,fullres,halfres,patchddm-nocoords", help="comma-separated modes"),
            quick: bool = typer.Option(False, help="the tiny smoke-test grid"),
            data_dir: Optional[Path] = typer.Option(None, help="BraTS-layout data (default: phantoms written under OUT_DIR)"),
            prep_dir: Optional[Path] = typer.Option(None, help="preprocessed cache (default: under OUT_DIR)"),
-           set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of an AblationGrid field (repeatable)"),
+           set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of an AblationGrid field or a TrainConfig setting (repeatable)"),
            report: bool = typer.Option(True, help="render report.ipynb/html after the runs"),
            overwrite: bool = typer.Option(False, help="re-run finished modes and replace their results")):
     "Run the ablation notebook once per mode with papermill, then the report (the paper's Tables 1-3, Figures 4, 5, 8)."

@@ -125,7 +125,7 @@ def prepare_output_dir(path: Path | str, overwrite: bool = False, allow_existing
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_core.ipynb #a46740e5
+# %% ../nbs/00_core.ipynb #b1cca554
 def read_json(path: Path | str, what: str = "JSON file", hint: str = "") -> Any:
     "The parsed JSON at `path`; missing or unreadable is a one-line error naming `what` (and `hint`, if given)."
     path = Path(path)
@@ -142,7 +142,7 @@ def check_new_file(path: Path | str | None, overwrite: bool = False) -> Path | N
     if p.exists() and not overwrite: raise PatchDDMError(p, "exists (pass --overwrite to replace it)")
     return p
 
-# %% ../nbs/00_core.ipynb #61885da4
+# %% ../nbs/00_core.ipynb #5c96ca41
 def check_output_dir(out_dir: Path | str, overwrite: bool = False, inputs: Sequence[Path | str] = ()) -> Path:
     "Refuse `out_dir` when it is a file, lies inside one of `inputs` (or is one), or is a non-empty folder without `overwrite`."
     out_dir = Path(out_dir)
@@ -175,7 +175,7 @@ def replace_dir(tmp: Path | str, final: Path | str, overwrite: bool = True) -> P
     if old is not None: shutil.rmtree(old, ignore_errors=True)
     return final
 
-# %% ../nbs/00_core.ipynb #76ac59a4
+# %% ../nbs/00_core.ipynb #4ed226fd
 def save_fig(fig, out: Path | str | None, overwrite: bool = False, dpi: int = 130) -> Path | None:
     "Save a matplotlib figure atomically (format from the suffix; nothing for `out=None`), refusing to replace a file unless `overwrite`."
     out = check_new_file(out, overwrite)
@@ -221,7 +221,7 @@ def cpu_has_bf16() -> bool:
     except OSError: return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
-# %% ../nbs/00_core.ipynb #9d338813
+# %% ../nbs/00_core.ipynb #88ea0fa7
 def check_amp(amp: str) -> str:
     "`amp` if it is 'none', 'bf16' or 'fp16' (the resolved mixed-precision choices), else a one-line error."
     if amp not in ("none", "bf16", "fp16"): raise PatchDDMError(f"amp {amp!r}", "choose none, bf16 or fp16")

@@ -5,9 +5,9 @@
 # %% ../nbs/13_demo.ipynb #0467901c
 from __future__ import annotations
 import json, os, shutil, sys, time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .core import PatchDDMError, prepare_output_dir, save_json
 from .phantoms import PHANTOM_SIZES, write_phantoms
@@ -17,49 +17,81 @@ from .evaluate import evaluate_dirs, member_study, summarize
 from .predict import segment
 
 # %% auto #0
-__all__ = ['DemoConfig', 'repo_root', 'report_template', 'stage_data', 'stage_train', 'stage_segment', 'stage_evaluate',
-           'stage_report', 'run_demo']
+__all__ = ['TRAIN_RESERVED', 'DEMO_TRAIN', 'TEMPLATES', 'train_overrides', 'flat_settings', 'DemoConfig', 'template_path',
+           'stage_data', 'stage_train', 'stage_segment', 'stage_evaluate', 'stage_report', 'run_demo']
+
+# %% ../nbs/13_demo.ipynb #7c2d9a14
+TRAIN_RESERVED = ("prep_dir", "run_dir", "mode", "seed")
+
+def train_overrides(train: dict, where: str, reserved: Sequence[str] = TRAIN_RESERVED) -> dict:
+    "Check that `train` maps `TrainConfig` field names (none of `reserved`, set by the caller) to values → a copy."
+    if not isinstance(train, dict): raise PatchDDMError(f"{where} train={train!r}", "must be a dict of TrainConfig settings")
+    names = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(train) - set(names))
+    if unknown:
+        raise PatchDDMError(where, f"unknown train setting(s) {unknown}; TrainConfig has {', '.join(n for n in names if n not in reserved)}")
+    fixed = sorted(set(train) & set(reserved))
+    if fixed: raise PatchDDMError(where, f"train cannot set {fixed}: the {where} sets them itself (its seed seeds data, training and sampling)")
+    return dict(train)
+
+def flat_settings(d: dict) -> dict:
+    "A settings dict with each dict value spread into 'name.key' entries (for one-line diffs)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update({f"{k}.{j}": w for j, w in v.items()})
+        else: out[k] = v
+    return out
 
 # %% ../nbs/13_demo.ipynb #ca16fa5a
+DEMO_TRAIN: dict[str, Any] = dict(
+    preset="tiny",                          # "tiny" beat "small" at equal time (measured below)
+    patch=32,                               # half the volume edge, as the paper's 128 of 256
+    steps=5000,                             # ≈ 11.5 minutes at ~7 steps/s
+    lr=1e-3, lr_schedule="cosine", warmup=100,  # cosine decay after warm-up: a short run ends on settled weights
+    prediction="x0",                        # the paper's "eps" does not start to segment in this budget (nbs/09_train.ipynb)
+    flip=False,                             # left–right mirroring off: lower validation Dice here (below)
+    val_every=1250, val_steps=2)            # validation Dice (selects best.pt) with 2 DDIM steps, as at test time
+
 @dataclass
 class DemoConfig:
     "Settings of the demo run; the defaults are sized for ≤ 15 minutes on 2 CPU cores."
     n_cases: int = 40            # phantom cases (80/10/10 split → 4 test cases)
     resolution: int = 4          # phantom resolution in mm: 4 → 64³ volumes after padding
-    preset: str = "tiny"         # model preset: "tiny" beat "small" at equal time (measured below)
-    patch: int = 32              # training patch edge (half the volume edge, as in the paper's 128 of 256)
-    train_steps: int = 5000      # optimisation steps (≈ 11.5 minutes at ~7 steps/s)
-    lr: float | None = 1e-3      # peak AdamW learning rate (None: the preset's default)
-    lr_schedule: str = "cosine"  # cosine decay to 0 after `warmup` steps: a short run ends on settled weights
-    warmup: int = 100            # linear warm-up steps
-    prediction: str = "x0"       # the network predicts the clean mask (see patchddm.diffusion); the paper's "eps"
-                                 # does not start to segment within this budget (measured in nbs/04_train.ipynb)
-    flip: bool = False           # left–right mirroring augmentation (off: lower validation Dice here, see below)
-    val_every: int = 1250        # validation (Dice on the val split) every N steps; best.pt by val Dice
-    val_steps: int = 2           # DDIM steps of validation sampling (as at test time)
+    train: dict = field(default_factory=dict)  # TrainConfig settings applied over DEMO_TRAIN, e.g. {"steps": 6}
     sample_steps: int = 2        # DDIM steps at test time (an x0 network needs few; chosen on the validation split)
     ensemble: int = 5            # ensemble members per test case
     window: int | None = None    # sliding-window sampling with this window edge (None: the whole volume, as the paper)
     solver: str = "ddim"
-    seed: int = 0
+    seed: int = 0                # phantoms, split, training and sampling
     report: bool = True          # render the papermill report
+
+    def __post_init__(self):
+        self.train = {**DEMO_TRAIN, **train_overrides(self.train, "demo")}
+        n = self.train["steps"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise PatchDDMError(f"demo train steps={n!r}", "must be an integer ≥ 1")
+
+    def train_config(self, prep_dir: Path | str, run_dir: Path | str) -> TrainConfig:
+        "The run's `TrainConfig`: PatchDDM with `train`; unless set there, last.pt every tenth of the run (≥ 50 steps), ~20 log rows."
+        n = self.train["steps"]
+        derived = dict(ckpt_every=max(50, n // 10), log_every=max(1, min(25, n // 20)))
+        return TrainConfig(prep_dir=prep_dir, run_dir=run_dir, mode="patchddm", seed=self.seed, **{**derived, **self.train})
 
     def stage_settings(self) -> dict:
         "The settings each stage's reuse is checked against."
         return asdict(self)
 
 # %% ../nbs/13_demo.ipynb #01f50822
-def repo_root() -> Path:
-    "The repository root of an editable install (the folder holding `nbs/`)."
-    root = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().resolve().parent
-    if not (root / "nbs").is_dir(): raise PatchDDMError(root, "no nbs/ folder here: run the demo from a clone of the patchddm repository (pip install -e .)")
-    return root
+TEMPLATES = ("ablation.ipynb", "report.ipynb", "demo_report.ipynb")
 
-def report_template() -> Path:
-    "Path of the demo report notebook template."
-    p = repo_root() / "nbs" / "experiments" / "demo_report.ipynb"
-    if not p.is_file(): raise PatchDDMError(p, "demo report template not found")
-    return p
+def template_path(name: str) -> Path:
+    "Path of the papermill template `name` (one of `TEMPLATES`), installed with the package as `patchddm.templates`."
+    from importlib import resources
+    if name not in TEMPLATES: raise PatchDDMError(f"template {name!r}", f"unknown; choose one of {', '.join(TEMPLATES)}")
+    try: p = resources.files("patchddm.templates") / name
+    except ModuleNotFoundError:
+        raise PatchDDMError("patchddm.templates", "not installed; reinstall patchddm (make install, or pip install -e . in a checkout)") from None
+    if not p.is_file(): raise PatchDDMError(p, "papermill template missing from the installed package; reinstall patchddm")
+    return Path(str(p))
 
 # %% ../nbs/13_demo.ipynb #e6aa77da
 def _say(msg: str, quiet: bool = False) -> None:
@@ -93,22 +125,18 @@ def stage_data(cfg: DemoConfig, out: Path, progress: bool = True, quiet: bool = 
 def stage_train(cfg: DemoConfig, prep: Path, out: Path, progress: bool = True, quiet: bool = False) -> Path:
     "Train PatchDDM into OUT/run, resuming from last.pt or reusing a finished run → run folder."
     run = out / "run"
-    tc = TrainConfig(prep_dir=prep, run_dir=run, mode="patchddm", preset=cfg.preset, patch=cfg.patch, flip=cfg.flip,
-                     steps=cfg.train_steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
-                     prediction=cfg.prediction, val_every=cfg.val_every, val_steps=cfg.val_steps,
-                     ckpt_every=max(50, cfg.train_steps // 10), log_every=max(1, min(25, cfg.train_steps // 20)),
-                     seed=cfg.seed)
+    tc = cfg.train_config(prep, run)
     t0 = time.time()
     last = run / "last.pt"
     if last.is_file():
         import torch
         step = int(torch.load(last, map_location="cpu", weights_only=False).get("step", 0))
-        if step >= cfg.train_steps:
+        if step >= tc.steps:
             _say(f"[3/6] train: reused the finished run in {run} ({step} steps)", quiet); return run
         s = train(tc, resume=True, progress=progress)
     else:
         s = train(tc, overwrite=run.exists(), progress=progress)   # a run folder without last.pt holds no checkpoint yet
-    _say(f"[3/6] train: {cfg.train_steps} steps of PatchDDM ({cfg.preset}, {cfg.patch}³ patches) in {time.time() - t0:.0f} s, "
+    _say(f"[3/6] train: {tc.steps} steps of PatchDDM ({tc.preset}, {tc.patch}³ patches) in {time.time() - t0:.0f} s, "
          f"best validation Dice {s.get('best_val_dice', float('nan')):.3f} → {run}", quiet)
     return run
 
@@ -154,7 +182,7 @@ def stage_report(out: Path, quiet: bool = False, kernel: str = "python3") -> Pat
     t0 = time.time()
     nb_out = out / "report.ipynb"
     try:
-        pm.execute_notebook(str(report_template()), str(nb_out), parameters=dict(results_dir=str(out.resolve())),
+        pm.execute_notebook(str(template_path("demo_report.ipynb")), str(nb_out), parameters=dict(results_dir=str(out.resolve())),
                             kernel_name=kernel, language="python", progress_bar=False, cwd=str(out))
     except pm.PapermillExecutionError as e:
         raise PatchDDMError(nb_out, f"report notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
@@ -171,7 +199,8 @@ def run_demo(out_dir: Path | str, cfg: DemoConfig | None = None, overwrite: bool
     prev = _read_json(out / "demo.json")
     if overwrite and out.exists(): prepare_output_dir(out, overwrite=True)
     elif prev is not None and prev.get("config") != cfg.stage_settings():
-        diff = sorted(k for k, v in cfg.stage_settings().items() if prev.get("config", {}).get(k) != v)
+        was, now = flat_settings(prev.get("config") or {}), flat_settings(cfg.stage_settings())
+        diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
         raise PatchDDMError(out, f"holds a demo run with other settings ({', '.join(diff)}): pass --overwrite or use another folder")
     elif prev is None and out.exists() and any(out.iterdir()):
         raise PatchDDMError(out, "is not empty and holds no demo run: pass --overwrite or use another folder")

@@ -20,20 +20,20 @@ from .evaluate import ensemble_table, summarize
 from .profiling import profile_table
 from .model import PRESETS, preset_config
 from .train import AMP_CHOICES, LR_SCHEDULES, TrainConfig, read_log, train
-from .modes import MODES, PATCH_MODES
+from .modes import MODE_SPECS, mode_spec
+from .demo import TEMPLATES, flat_settings, template_path, train_overrides
 
 # %% auto #0
-__all__ = ['MODE_ORDER', 'MODE_NAMES', 'PAPER', 'NOTEBOOKS', 'RESULTS_FORMAT', 'RUN_OUTPUTS', 'GRID_COLUMNS', 'paper_table1',
-           'paper_table2', 'paper_table3', 'AblationGrid', 'experiments_dir', 'prepare_template', 'template_parameters',
-           'resolve_paths', 'params_diff', 'run_state', 'clear_run', 'start_run', 'ensure_data', 'train_mode',
-           'write_results', 'collect_results', 'table1_vs_paper', 'table2_vs_paper', 'table3_vs_paper',
-           'paired_difference', 'ci_text', 'verdict', 'findings', 'plot_ensemble_vs_paper', 'plot_training',
-           'plot_resources', 'execute_notebook', 'notebook_to_html', 'run_ablations']
+__all__ = ['MODE_ORDER', 'MODE_NAMES', 'PAPER', 'GRID_TRAIN', 'RESULTS_FORMAT', 'RUN_OUTPUTS', 'GRID_COLUMNS', 'paper_table1',
+           'paper_table2', 'paper_table3', 'AblationGrid', 'template_parameters', 'resolve_paths', 'params_diff',
+           'run_state', 'clear_run', 'start_run', 'ensure_data', 'train_mode', 'write_results', 'collect_results',
+           'table1_vs_paper', 'table2_vs_paper', 'table3_vs_paper', 'paired_difference', 'ci_text', 'verdict',
+           'findings', 'plot_ensemble_vs_paper', 'plot_training', 'plot_resources', 'execute_notebook',
+           'notebook_to_html', 'run_ablations']
 
 # %% ../nbs/14_experiments.ipynb #326389d7
 MODE_ORDER = ("fullres", "halfres", "patchddm", "patchddm-nocoords")   # the paper's table order, then the ablation
-MODE_NAMES = {"fullres": "FullRes", "halfres": "HalfRes", "patchddm": "PatchDDM",
-              "patchddm-nocoords": "PatchDDM w/o coords", "nnunet": "nnU-Net"}
+MODE_NAMES = {**{k: s.label for k, s in MODE_SPECS.items()}, "nnunet": "nnU-Net"}   # the paper's names (ModeSpec.label)
 
 PAPER: dict[str, Any] = {
     "source": "Bieder et al., Memory-Efficient 3D Denoising Diffusion Models for Medical Image Processing, MIDL 2023",
@@ -78,88 +78,108 @@ def paper_table3() -> pd.DataFrame:
     return df
 
 # %% ../nbs/14_experiments.ipynb #a4c5d131
+GRID_TRAIN: dict[str, Any] = dict(
+    preset="small", patch=32,                  # 32³ patches of the 64³ volumes (the paper: 128³ of 256³)
+    steps=300,                                 # equal for every mode (the paper: equal time, 420 h each)
+    lr=1e-3, lr_schedule="cosine", warmup=30,  # a short run needs a larger rate than the paper's 1e-5, and a decay
+    prediction="x0",                           # learns within a CPU budget; the paper's eps does not (nbs/09_train.ipynb)
+    val_every=100, val_steps=10)               # validation Dice (Figure 8, selects best.pt)
+
 def _is_int(v: Any) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 @dataclass
 class AblationGrid:
-    "Every setting of one ablation run except mode and folders: data, network, training, profiling and the sampling grid."
-    preset: str = "small"                  # model preset (patchddm.model.PRESETS)
+    "Every setting of one ablation run except mode and folders: training (`TrainConfig` overrides), data, profiling, sampling grid."
+    train: dict = field(default_factory=dict)  # TrainConfig settings applied over GRID_TRAIN (preset, steps, lr, amp, devices, ...)
     size: int = 64                         # cube edge of the preprocessed cache (the volume size)
     spacing: float | None = None           # resample to this isotropic spacing (mm) first; None keeps the data's
-    patch: int | None = 32                 # patch edge of the patch modes (None: size / 2)
-    train_steps: int = 300                 # optimisation steps, equal for every mode
-    lr: float | None = 1e-3                # peak AdamW learning rate (None: the preset's default)
-    lr_schedule: str = "cosine"            # constant (the paper's) | cosine decay to 0 (short CPU runs)
-    warmup: int = 30                       # linear learning-rate warm-up steps
-    prediction: str = "x0"                 # network output: eps (the paper's) | v | x0 (learns within CPU budgets)
-    amp: str = "auto"                      # mixed precision: auto | bf16 | fp16 | none
     seed: int = 0                          # phantoms, split, training and sampling seeds
-    val_every: int = 100                   # validate every N steps (Figure 8; selects best.pt)
-    val_steps: int = 10                    # DDIM steps of a validation sample
-    val_cases: int | None = None           # validate on the first N validation cases (None: all)
     sampling_steps: list = field(default_factory=lambda: [1, 2, 5])        # Figure 5 rows
     main_steps: int = 2                    # steps of the single evaluation and of the ensemble curve
     solvers: list = field(default_factory=lambda: ["ddim", "dpm++2m"])     # the first one is the main solver
     ensemble_sizes: list = field(default_factory=lambda: [1, 3, 5])        # Table 3 columns; max = members sampled
     test_cases: int | None = None          # score the first N test cases (None: all)
     profile_repeats: int = 2               # timed passes per Table 1 measurement
-    device: str = "auto"                   # auto | cpu | cuda | cuda:0,cuda:1 (FullRes over two GPUs)
     phantoms: int = 40                     # phantoms to write when data_dir does not exist (0: never)
     phantom_resolution: int = 4            # phantom voxel size in mm (1, 2 or 4)
+
+    def __post_init__(self): self.train = {**GRID_TRAIN, **train_overrides(self.train, "ablation grid")}
 
     @classmethod
     def names(cls) -> list[str]:
         "The field names, in order (the notebook's parameters besides mode, folders and overwrite)."
         return [f.name for f in fields(cls)]
 
+    def updated(self, **settings) -> "AblationGrid":
+        "A checked copy: grid fields replaced; `TrainConfig` fields (by name, or as a `train` dict) applied over `train`."
+        train = train_overrides(settings.pop("train", None) or {}, "ablation grid")
+        tnames = {f.name for f in fields(TrainConfig)}
+        train.update({k: settings.pop(k) for k in list(settings) if k not in self.names() and k in tnames})
+        unknown = sorted(set(settings) - set(self.names()))
+        if unknown: raise PatchDDMError("ablation settings", f"unknown setting(s) {unknown}; known: the TrainConfig fields "
+                                                             f"and {', '.join(n for n in self.names() if n != 'train')}")
+        return replace(self, **settings, train={**self.train, **train}).check()
+
     @classmethod
     def quick(cls, **kw) -> "AblationGrid":
         "A smoke-test grid: tiny preset, 10 phantoms at 4 mm resampled to 8 mm in a 32³ cube, 16³ patches, 4 steps."
-        return cls(**{**dict(preset="tiny", size=32, spacing=8.0, patch=16, train_steps=4, val_every=2, val_steps=2,
-                             sampling_steps=[2], main_steps=2, ensemble_sizes=[1, 2], profile_repeats=1, phantoms=10),
-                      **kw}).check()
+        return cls(train=dict(preset="tiny", patch=16, steps=4, val_every=2, val_steps=2), size=32, spacing=8.0,
+                   sampling_steps=[2], main_steps=2, ensemble_sizes=[1, 2], profile_repeats=1, phantoms=10).updated(**kw)
 
     @classmethod
     def paper(cls, **kw) -> "AblationGrid":
         "The paper's setup (§3): paper preset, 256³ BraTS volumes, 128³ patches, lr 1e-5, 1000-step DDIM, 15 members."
-        return cls(**{**dict(preset="paper", size=256, patch=128, train_steps=150_000, lr=1e-5, lr_schedule="constant",
-                             warmup=0, prediction="eps", val_every=5000,
-                             val_steps=100, sampling_steps=[10, 20, 50, 100], main_steps=1000,
-                             ensemble_sizes=[1, 3, 5, 7, 15], profile_repeats=3, phantoms=0), **kw}).check()
+        return cls(train=dict(preset="paper", patch=128, steps=150_000, lr=1e-5, lr_schedule="constant", warmup=0,
+                              prediction="eps", val_every=5000, val_steps=100),
+                   size=256, sampling_steps=[10, 20, 50, 100], main_steps=1000, ensemble_sizes=[1, 3, 5, 7, 15],
+                   profile_repeats=3, phantoms=0).updated(**kw)
+
+    def _bad(self, name: str, msg: str):
+        "Raise the one-line error of setting `name` ('train.x' for a training setting)."
+        v = self.train.get(name[6:]) if name.startswith("train.") else getattr(self, name)
+        raise PatchDDMError(f"ablation setting {name}={v!r}", msg)
+
+    def _check_int(self, name: str, lo: int, optional: bool = False) -> None:
+        "Raise unless setting `name` is an integer ≥ lo (or None if `optional`)."
+        v = self.train.get(name[6:]) if name.startswith("train.") else getattr(self, name)
+        if v is None and optional: return
+        if not _is_int(v) or v < lo: self._bad(name, f"must be an integer ≥ {lo}" + (" or None" if optional else ""))
+
+    def _check_train(self) -> None:
+        "Validate the training settings the grid relies on before any run starts (the rest: `train.check_config`)."
+        t = self.train
+        if t["preset"] not in PRESETS: self._bad("train.preset", f"unknown preset; choose one of {', '.join(sorted(PRESETS))}")
+        for n, lo in (("steps", 1), ("warmup", 0), ("val_every", 0), ("val_steps", 1)): self._check_int(f"train.{n}", lo)
+        for n in ("patch", "val_cases"): self._check_int(f"train.{n}", 1, optional=True)
+        mult = preset_config(t["preset"]).multiple
+        if t["patch"] is not None and (t["patch"] > self.size or t["patch"] % mult):
+            self._bad("train.patch", f"must be a multiple of {mult} no larger than size={self.size}")
+        lr = t.get("lr")
+        if lr is not None and not (isinstance(lr, (int, float)) and lr > 0): self._bad("train.lr", "must be > 0 or None")
+        for n, choices in (("amp", AMP_CHOICES), ("lr_schedule", LR_SCHEDULES), ("prediction", PREDICTIONS)):
+            if t.get(n, getattr(TrainConfig, n)) not in choices: self._bad(f"train.{n}", f"choose one of {', '.join(choices)}")
 
     def check(self) -> "AblationGrid":
-        "Validate every field (one-line `PatchDDMError` naming the setting); returns self with lists normalised."
-        def bad(name: str, msg: str): raise PatchDDMError(f"ablation setting {name}={getattr(self, name)!r}", msg)
-        def ints(name: str, lo: int, optional: bool = False):
-            v = getattr(self, name)
-            if v is None and optional: return
-            if not _is_int(v) or v < lo: bad(name, f"must be an integer ≥ {lo}" + (" or None" if optional else ""))
-        if self.preset not in PRESETS: bad("preset", f"unknown preset; choose one of {', '.join(sorted(PRESETS))}")
-        for n, lo in (("size", 2), ("train_steps", 1), ("warmup", 0), ("seed", 0), ("val_every", 0), ("val_steps", 1),
-                      ("main_steps", 1), ("profile_repeats", 1), ("phantoms", 0)): ints(n, lo)
-        for n in ("patch", "val_cases", "test_cases"): ints(n, 1, optional=True)
-        mult = preset_config(self.preset).multiple
-        if self.size % (2 * mult): bad("size", f"must be a multiple of {2 * mult} for preset {self.preset} "
-                                               f"(the network takes multiples of {mult}; HalfRes halves the volume)")
-        if self.patch is not None and (self.patch > self.size or self.patch % mult):
-            bad("patch", f"must be a multiple of {mult} no larger than size={self.size}")
+        "Validate every setting (one-line `PatchDDMError` naming it, e.g. `train.steps`); returns self with lists normalised."
+        for n, lo in (("size", 2), ("seed", 0), ("main_steps", 1), ("profile_repeats", 1), ("phantoms", 0)): self._check_int(n, lo)
+        self._check_int("test_cases", 1, optional=True)
+        self._check_train()
+        m = preset_config(self.train["preset"]).multiple
+        if self.size % (2 * m): self._bad("size", f"must be a multiple of {2 * m} for preset {self.train['preset']} "
+                                                  f"(the network takes multiples of {m}; HalfRes halves the volume)")
         if self.spacing is not None and not (isinstance(self.spacing, (int, float)) and math.isfinite(self.spacing)
-                                             and self.spacing > 0): bad("spacing", "must be a positive number of mm or None")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0): bad("lr", "must be > 0 or None")
-        if self.amp not in AMP_CHOICES: bad("amp", f"choose one of {', '.join(AMP_CHOICES)}")
-        if self.lr_schedule not in LR_SCHEDULES: bad("lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}")
-        if self.prediction not in PREDICTIONS: bad("prediction", f"choose one of {', '.join(PREDICTIONS)}")
-        if self.phantom_resolution not in (1, 2, 4): bad("phantom_resolution", "phantoms come at 1, 2 or 4 mm")
+                                             and self.spacing > 0): self._bad("spacing", "must be a positive number of mm or None")
+        if self.phantom_resolution not in (1, 2, 4): self._bad("phantom_resolution", "phantoms come at 1, 2 or 4 mm")
         for n in ("sampling_steps", "ensemble_sizes", "solvers"):
             v = getattr(self, n)
-            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not len(v): bad(n, "must be a non-empty list")
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not len(v): self._bad(n, "must be a non-empty list")
             setattr(self, n, list(v))
-        if not all(_is_int(s) and s >= 1 for s in self.sampling_steps): bad("sampling_steps", "must be integers ≥ 1")
+        if not all(_is_int(s) and s >= 1 for s in self.sampling_steps): self._bad("sampling_steps", "must be integers ≥ 1")
         if not all(_is_int(s) and s >= 1 for s in self.ensemble_sizes) or sorted(set(self.ensemble_sizes)) != self.ensemble_sizes:
-            bad("ensemble_sizes", "must be increasing integers ≥ 1")
+            self._bad("ensemble_sizes", "must be increasing integers ≥ 1")
         for s in self.solvers:
-            if s not in SOLVERS: bad("solvers", f"unknown solver {s!r}; choose from {', '.join(SOLVERS)}")
-        if len(set(self.solvers)) != len(self.solvers): bad("solvers", "lists a solver twice")
+            if s not in SOLVERS: self._bad("solvers", f"unknown solver {s!r}; choose from {', '.join(SOLVERS)}")
+        if len(set(self.solvers)) != len(self.solvers): self._bad("solvers", "lists a solver twice")
         return self
 
     @property
@@ -174,14 +194,15 @@ class AblationGrid:
 
     def network_evaluations(self, n_test: int) -> dict:
         "Network evaluations of one run: training steps, validation sampling and the test grid over `n_test` cases."
-        vals = (self.train_steps // self.val_every + (self.train_steps % self.val_every > 0)) if self.val_every else 0
-        return dict(train=self.train_steps, validation_per_case=vals * self.val_steps,
+        n, every, val_steps = self.train["steps"], self.train["val_every"], self.train["val_steps"]
+        vals = (n // every + (n % every > 0)) if every else 0
+        return dict(train=n, validation_per_case=vals * val_steps,
                     test=n_test * self.members * sum(nfe(s, k) for s in self.solvers for k in self.steps_list))
 
     def params(self, mode: str, out_dir: Path | str, data_dir: Path | str, prep_dir: Path | str,
                overwrite: bool = False) -> dict:
         "The papermill parameters of ablation.ipynb for `mode` (JSON-ready; folders as absolute strings)."
-        if mode not in MODES: raise PatchDDMError(f"mode {mode!r}", f"unknown mode; choose one of {', '.join(MODE_ORDER)}")
+        mode_spec(mode)
         d = asdict(self.check())
         return dict(mode=mode, **d, out_dir=str(Path(out_dir).resolve()), data_dir=str(Path(data_dir).resolve()),
                     prep_dir=str(Path(prep_dir).resolve()), overwrite=bool(overwrite))
@@ -194,51 +215,22 @@ class AblationGrid:
         return cls(**{k: params[k] for k in cls.names() if k in params}).check()
 
     def train_config(self, mode: str, prep_dir: Path | str, run_dir: Path | str) -> TrainConfig:
-        "The `TrainConfig` of `mode` under this grid (patch only for the patch modes; checkpoint at each validation)."
-        every = self.val_every or self.train_steps
-        return TrainConfig(prep_dir, run_dir, mode=mode, preset=self.preset,
-                           patch=self.patch if mode in PATCH_MODES else None, steps=self.train_steps, lr=self.lr,
-                           lr_schedule=self.lr_schedule, warmup=self.warmup, prediction=self.prediction,
-                           amp=self.amp, devices=self.device, val_every=self.val_every, val_steps=self.val_steps,
-                           val_cases=self.val_cases, ckpt_every=every, log_every=max(1, min(every, self.train_steps // 50 or 1)),
-                           seed=self.seed)
+        "The `TrainConfig` of `mode`: `train` (patch only for the patch modes); unless set there, last.pt at each validation."
+        n, every = self.train["steps"], self.train["val_every"] or self.train["steps"]
+        derived = dict(ckpt_every=every, log_every=max(1, min(every, n // 50 or 1)))
+        tc = TrainConfig(prep_dir=prep_dir, run_dir=run_dir, mode=mode, seed=self.seed, **{**derived, **self.train})
+        return tc if mode_spec(mode).patches else replace(tc, patch=None)
 
 # %% ../nbs/14_experiments.ipynb #9221119a
-NOTEBOOKS = ("ablation.ipynb", "report.ipynb")
-
-def experiments_dir(root: Path | str | None = None) -> Path:
-    "The folder holding ablation.ipynb and report.ipynb: `<root>/nbs/experiments`, root defaulting to the checkout of `patchddm`."
-    if root is None:
-        import patchddm
-        root = Path(patchddm.__file__).resolve().parent.parent
-    d = Path(root) / "nbs" / "experiments"
-    missing = [n for n in NOTEBOOKS if not (d / n).is_file()]
-    if missing:
-        raise PatchDDMError(d, f"experiment notebook(s) {', '.join(missing)} not found; the ablations need a git checkout "
-                               "of patchddm installed editable (pip install -e .), not a wheel")
-    return d
-
 def _load_nb(path: Path | str):
     import nbformat
     try: return nbformat.read(str(path), as_version=4)
     except (OSError, ValueError) as e: raise PatchDDMError(path, f"cannot read notebook ({type(e).__name__})") from None
 
-def prepare_template(nb):
-    "Ready a notebook for papermill in place: kernelspec python3 if none, `parameters` tag on the `# parameters` cell."
-    if not nb.metadata.get("kernelspec", {}).get("name"):
-        nb.metadata["kernelspec"] = dict(name="python3", display_name="python3", language="python")
-    cells = [c for c in nb.cells if c.cell_type == "code"]
-    if any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells): return nb
-    marked = [c for c in cells if c.source.lstrip().startswith("# parameters")]
-    if len(marked) != 1: raise PatchDDMError("notebook", "needs exactly one code cell tagged `parameters` or opening with `# parameters`")
-    marked[0].setdefault("metadata", {}).setdefault("tags", []).append("parameters")
-    return nb
-
 def template_parameters(path: Path | str) -> dict:
     "The parameters cell of notebook `path` as {name: default value} (literals evaluated, nothing executed)."
     import papermill as pm
-    nb = prepare_template(_load_nb(path))
-    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(nb).items()}
+    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(path)).items()}
 
 # %% ../nbs/14_experiments.ipynb #cb52c8b0
 RESULTS_FORMAT = "patchddm-ablation/1"
@@ -255,7 +247,8 @@ def resolve_paths(mode: str, out_dir: Path | str | None = None, data_dir: Path |
     return out, data, prep
 
 def params_diff(old: dict, new: dict) -> list[str]:
-    "The settings that differ between two parameter dicts, as 'name: old → new' (overwrite ignored)."
+    "The settings that differ between two parameter dicts, as 'name: old → new' ('train.steps' inside train; overwrite ignored)."
+    old, new = flat_settings(old), flat_settings(new)
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in _IGNORED_PARAMS]
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
@@ -365,7 +358,7 @@ def _finished_runs(root: Path) -> list[tuple[Path, dict]]:
     recs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.json").is_file()):
         rec = _read_json(d / "results.json", "results.json of an ablation run")
-        if rec.get("format") != RESULTS_FORMAT or rec.get("mode") not in MODES:
+        if rec.get("format") != RESULTS_FORMAT or rec.get("mode") not in MODE_SPECS:
             raise PatchDDMError(d / "results.json", f"not a {RESULTS_FORMAT} record")
         recs.append((d, rec))
     modes = [r["mode"] for _, r in recs]
@@ -382,9 +375,10 @@ def collect_results(root: Path | str) -> dict[str, pd.DataFrame]:
     runs, profiles, grids, logs = [], [], [], []
     for d, rec in recs:
         m, p, tr, sec = rec["mode"], rec["params"], rec.get("train", {}), rec.get("seconds", {})
-        runs.append(dict(mode=m, method=MODE_NAMES[m], folder=d.name, preset=p["preset"], size=p["size"],
-                         patch=p["patch"] if m in PATCH_MODES else None, train_steps=p["train_steps"], seed=p["seed"],
-                         lr=tr.get("lr", p["lr"]), amp=tr.get("amp"), test_cases=len(rec["test_cases"]),
+        pt = p["train"]
+        runs.append(dict(mode=m, method=MODE_NAMES[m], folder=d.name, preset=pt["preset"], size=p["size"],
+                         patch=pt["patch"] if mode_spec(m).patches else None, train_steps=pt["steps"], seed=p["seed"],
+                         lr=tr.get("lr", pt["lr"]), amp=tr.get("amp"), test_cases=len(rec["test_cases"]),
                          main=f"{rec['main']['solver']} {rec['main']['steps']}",
                          **{f"{k}_min": v / 60 for k, v in sec.items()}, steps_per_s=tr.get("steps_per_s"),
                          final_loss=tr.get("final_loss"), best_val_dice=tr.get("best_val_dice"),
@@ -488,88 +482,102 @@ def _per_case(res: dict, mode: str, metric: str = "dice") -> pd.Series:
     s = res["single"]
     return s[s["mode"] == mode].set_index("case_id")[metric]
 
+def _runs_sentences(res: dict) -> list[str]:
+    "What ran: methods, preset, volumes, seeds, training steps (flagged when unequal), test cases, the single evaluation."
+    runs, name = res["runs"], MODE_NAMES.get
+    modes = list(runs.index)
+    st, cases, main = sorted(set(runs["train_steps"])), sorted(set(runs["test_cases"])), sorted(set(runs["main"]))
+    steps_txt = ", ".join(f"{name(m)} {runs.loc[m, 'train_steps']}" for m in modes)
+    return [f"Runs: {', '.join(name(m) for m in modes)}; preset {'/'.join(sorted(set(runs['preset'])))}, "
+            f"{'/'.join(str(s) for s in sorted(set(runs['size'])))}³ volumes, seed {'/'.join(str(s) for s in sorted(set(runs['seed'])))}; "
+            + (f"every method trained for the same {st[0]} steps" if len(st) == 1 else
+               f"**training steps differ between runs ({steps_txt}): "
+               "the comparisons below are not at equal steps**")
+            + f"; {'/'.join(map(str, cases))} test cases; single evaluation = {'/'.join(main)} steps, one member."]
+
+def _method_sentences(res: dict) -> list[str]:
+    "PatchDDM against FullRes and HalfRes, and the run without coordinates against PatchDDM (paired, Table 2)."
+    t2, name, modes, out = res["table2"], MODE_NAMES.get, list(res["runs"].index), []
+    if "patchddm" not in modes: return out
+    for other, ref in (("fullres", "0.88 vs 0.82"), ("halfres", "0.88 vs 0.86")):
+        if other not in modes: continue
+        d = paired_difference(_per_case(res, "patchddm"), _per_case(res, other))
+        out.append(f"**PatchDDM {verdict(d)} {name(other)}** at equal training steps: Dice "
+                   f"{t2.loc['patchddm', 'dice_mean']:.3f} vs {t2.loc[other, 'dice_mean']:.3f} ({ci_text(d)}); HD95 "
+                   f"{t2.loc['patchddm', 'hd95_mean']:.2f} vs {t2.loc[other, 'hd95_mean']:.2f} mm. "
+                   f"Paper (Table 2, equal training *time*): {ref}.")
+    if "patchddm-nocoords" in modes:
+        a, b = t2.loc["patchddm-nocoords", "dice_mean"], t2.loc["patchddm", "dice_mean"]
+        d = paired_difference(_per_case(res, "patchddm-nocoords"), _per_case(res, "patchddm"))
+        if a < 0.5 * b: v = "**fails**: its mean Dice is below half of PatchDDM's"
+        elif verdict(d) == "falls behind": v = "**does not fail outright but falls behind PatchDDM**"
+        else: v = f"**does not fail**: it {verdict(d)} PatchDDM"
+        out.append(f"Without coordinates, patch training {v} (Dice {a:.3f} vs {b:.3f}, {ci_text(d)}). Paper: the run without "
+                   f"coordinates {PAPER['nocoords']}.")
+    return out
+
+def _ensemble_sentences(res: dict, tol: float) -> list[str]:
+    "How Dice and HD95 move from the smallest to the largest ensemble (Table 3), beside the paper's 1 → 15 members."
+    t3, name = res["table3"], MODE_NAMES.get
+    sizes = list(t3.columns)
+    if len(sizes) < 2: return []
+    parts, up = [], 0
+    for m in t3.index.get_level_values(0).unique():
+        d1, dn = t3.loc[(m, "Dice"), sizes[0]], t3.loc[(m, "Dice"), sizes[-1]]
+        h1, hn = t3.loc[(m, "HD95"), sizes[0]], t3.loc[(m, "HD95"), sizes[-1]]
+        up += dn - d1 > tol
+        parts.append(f"{name(m)} {d1:.3f} → {dn:.3f} ({dn - d1:+.3f}; HD95 {h1:.2f} → {hn:.2f} mm)")
+    p3 = PAPER["table3"]
+    ref = ", ".join(f"{name(m)} {p3[m]['dice'][-1] - p3[m]['dice'][0]:+.3f}" for m in ("fullres", "halfres", "patchddm"))
+    return [f"Ensembling ({sizes[0]} → {sizes[-1]} members) raises Dice by more than {tol} for {up} of "
+            f"{len(parts)} methods: " + "; ".join(parts) + f". Paper (Table 3, 1 → 15 members): {ref}."]
+
+def _steps_sentences(res: dict, tol: float) -> list[str]:
+    "Sampling steps and solvers of one method (PatchDDM if it ran): Dice per solver, solver vs solver, best and cheapest setting."
+    g, modes, name = res["grid"], list(res["runs"].index), MODE_NAMES.get
+    m = "patchddm" if "patchddm" in modes else modes[0]
+    gm = g[g["mode"] == m]
+    mean = gm.groupby(["solver", "steps", "n"])["dice"].mean()
+    parts = []
+    for solver in gm["solver"].unique():
+        one = mean.loc[solver].xs(1, level="n")
+        parts.append(f"{solver} {one.iloc[0]:.3f} at {one.index[0]} steps" +
+                     (f" → {one.iloc[-1]:.3f} at {one.index[-1]} steps" if len(one) > 1 else ""))
+    text = f"Sampling steps ({name(m)}, one member): " + "; ".join(parts) + "."
+    solvers = list(gm["solver"].unique())
+    if len(solvers) > 1:
+        a, b = mean.loc[solvers[1]].xs(1, level="n"), mean.loc[solvers[0]].xs(1, level="n")
+        common = a.index.intersection(b.index)
+        text += (f" At equal steps (one member) {solvers[1]} beats {solvers[0]} by more than {tol} at "
+                 f"{int(((a[common] - b[common]) > tol).sum())} of {len(common)} step counts and falls behind by "
+                 f"more than {tol} at {int(((b[common] - a[common]) > tol).sum())}.")
+    cost = mean.reset_index()
+    cost["nfe"] = [nfe(s, k) * n for s, k, n in zip(cost.solver, cost.steps, cost.n)]
+    best = cost.loc[cost.dice.idxmax()]
+    cheap = cost[cost.dice >= best.dice - tol].sort_values(["nfe", "dice"], ascending=[True, False]).iloc[0]
+    text += (f" Best mean Dice on the grid: {best.dice:.3f} ({best.solver}, {best.steps} steps × {_members(best.n)} = "
+             f"{best.nfe} network evaluations); the cheapest setting within {tol} of it: {cheap.solver}, "
+             f"{cheap.steps} steps × {_members(cheap.n)} ({cheap.nfe} evaluations, Dice {cheap.dice:.3f}).")
+    return [text]
+
+def _resources_sentences(res: dict) -> list[str]:
+    "Memory and time of HalfRes and PatchDDM as ratios to FullRes (Table 1), beside the paper's ratios."
+    t1, name, parts = res["table1"], MODE_NAMES.get, []
+    if "fullres" not in t1.index or len(t1) < 2: return []
+    for m in [m for m in ("halfres", "patchddm") if m in t1.index]:
+        mt = t1.loc[m, ("Memory (MB)", "Training")] / t1.loc["fullres", ("Memory (MB)", "Training")]
+        mi = t1.loc[m, ("Memory (MB)", "Inference")] / t1.loc["fullres", ("Memory (MB)", "Inference")]
+        tt = t1.loc[m, ("Time (s)", "Training")] / t1.loc["fullres", ("Time (s)", "Training")]
+        p = PAPER["table1"][m]; f = PAPER["table1"]["fullres"]
+        parts.append(f"{name(m)} trains in {mt:.2f}× FullRes' memory and {tt:.2f}× its time per step and infers "
+                     f"in {mi:.2f}× its memory (paper: {p['train_gb'] / f['train_gb']:.2f}×, "
+                     f"{p['train_s'] / f['train_s']:.2f}×, {p['infer_gb'] / f['infer_gb']:.2f}×)")
+    return ["Resources (Table 1, ratios to FullRes): " + "; ".join(parts) + "."] if parts else []
+
 def findings(res: dict, tol: float = 0.01) -> list[str]:
     "Markdown sentences, computed from `collect_results` output: PatchDDM vs baselines, no-coords, ensembles, steps, Table 1."
-    runs, t2, out = res["runs"], res["table2"], []
-    modes = list(runs.index)
-    name = MODE_NAMES.get
-    st = sorted(set(runs["train_steps"]))
-    cases = sorted(set(runs["test_cases"]))
-    main = sorted(set(runs["main"]))
-    steps_txt = ", ".join(f"{name(m)} {runs.loc[m, 'train_steps']}" for m in modes)
-    out.append(f"Runs: {', '.join(name(m) for m in modes)}; preset {'/'.join(sorted(set(runs['preset'])))}, "
-               f"{'/'.join(str(s) for s in sorted(set(runs['size'])))}³ volumes, seed {'/'.join(str(s) for s in sorted(set(runs['seed'])))}; "
-               + (f"every method trained for the same {st[0]} steps" if len(st) == 1 else
-                  f"**training steps differ between runs ({steps_txt}): "
-                  "the comparisons below are not at equal steps**")
-               + f"; {'/'.join(map(str, cases))} test cases; single evaluation = {'/'.join(main)} steps, one member.")
-    if "patchddm" in modes:
-        for other, ref in (("fullres", "0.88 vs 0.82"), ("halfres", "0.88 vs 0.86")):
-            if other not in modes: continue
-            d = paired_difference(_per_case(res, "patchddm"), _per_case(res, other))
-            out.append(f"**PatchDDM {verdict(d)} {name(other)}** at equal training steps: Dice "
-                       f"{t2.loc['patchddm', 'dice_mean']:.3f} vs {t2.loc[other, 'dice_mean']:.3f} ({ci_text(d)}); HD95 "
-                       f"{t2.loc['patchddm', 'hd95_mean']:.2f} vs {t2.loc[other, 'hd95_mean']:.2f} mm. "
-                       f"Paper (Table 2, equal training *time*): {ref}.")
-        if "patchddm-nocoords" in modes:
-            a, b = t2.loc["patchddm-nocoords", "dice_mean"], t2.loc["patchddm", "dice_mean"]
-            d = paired_difference(_per_case(res, "patchddm-nocoords"), _per_case(res, "patchddm"))
-            if a < 0.5 * b: v = "**fails**: its mean Dice is below half of PatchDDM's"
-            elif verdict(d) == "falls behind": v = "**does not fail outright but falls behind PatchDDM**"
-            else: v = f"**does not fail**: it {verdict(d)} PatchDDM"
-            out.append(f"Without coordinates, patch training {v} (Dice {a:.3f} vs {b:.3f}, {ci_text(d)}). Paper: the run without "
-                       f"coordinates {PAPER['nocoords']}.")
-    t3 = res["table3"]
-    sizes = list(t3.columns)
-    if len(sizes) > 1:
-        parts, up = [], 0
-        for m in t3.index.get_level_values(0).unique():
-            d1, dn = t3.loc[(m, "Dice"), sizes[0]], t3.loc[(m, "Dice"), sizes[-1]]
-            h1, hn = t3.loc[(m, "HD95"), sizes[0]], t3.loc[(m, "HD95"), sizes[-1]]
-            up += dn - d1 > tol
-            parts.append(f"{name(m)} {d1:.3f} → {dn:.3f} ({dn - d1:+.3f}; HD95 {h1:.2f} → {hn:.2f} mm)")
-        p3 = PAPER["table3"]
-        ref = ", ".join(f"{name(m)} {p3[m]['dice'][-1] - p3[m]['dice'][0]:+.3f}" for m in ("fullres", "halfres", "patchddm"))
-        out.append(f"Ensembling ({sizes[0]} → {sizes[-1]} members) raises Dice by more than {tol} for {up} of "
-                   f"{len(parts)} methods: " + "; ".join(parts) + f". Paper (Table 3, 1 → 15 members): {ref}.")
-    g = res["grid"]
-    for m in [m for m in ("patchddm", *modes) if m in modes][:1]:
-        gm = g[g["mode"] == m]
-        mean = gm.groupby(["solver", "steps", "n"])["dice"].mean()
-        parts = []
-        for solver in gm["solver"].unique():
-            one = mean.loc[solver].xs(1, level="n")
-            parts.append(f"{solver} {one.iloc[0]:.3f} at {one.index[0]} steps" +
-                         (f" → {one.iloc[-1]:.3f} at {one.index[-1]} steps" if len(one) > 1 else ""))
-        text = f"Sampling steps ({name(m)}, one member): " + "; ".join(parts) + "."
-        solvers = list(gm["solver"].unique())
-        if len(solvers) > 1:
-            a, b = mean.loc[solvers[1]].xs(1, level="n"), mean.loc[solvers[0]].xs(1, level="n")
-            common = a.index.intersection(b.index)
-            text += (f" At equal steps (one member) {solvers[1]} beats {solvers[0]} by more than {tol} at "
-                     f"{int(((a[common] - b[common]) > tol).sum())} of {len(common)} step counts and falls behind by "
-                     f"more than {tol} at {int(((b[common] - a[common]) > tol).sum())}.")
-        cost = mean.reset_index()
-        cost["nfe"] = [nfe(s, k) * n for s, k, n in zip(cost.solver, cost.steps, cost.n)]
-        best = cost.loc[cost.dice.idxmax()]
-        cheap = cost[cost.dice >= best.dice - tol].sort_values(["nfe", "dice"], ascending=[True, False]).iloc[0]
-        text += (f" Best mean Dice on the grid: {best.dice:.3f} ({best.solver}, {best.steps} steps × {_members(best.n)} = "
-                 f"{best.nfe} network evaluations); the cheapest setting within {tol} of it: {cheap.solver}, "
-                 f"{cheap.steps} steps × {_members(cheap.n)} ({cheap.nfe} evaluations, Dice {cheap.dice:.3f}).")
-        out.append(text)
-    t1 = res["table1"]
-    if "fullres" in t1.index and len(t1) > 1:
-        parts = []
-        for m in [m for m in ("halfres", "patchddm") if m in t1.index]:
-            mt = t1.loc[m, ("Memory (MB)", "Training")] / t1.loc["fullres", ("Memory (MB)", "Training")]
-            mi = t1.loc[m, ("Memory (MB)", "Inference")] / t1.loc["fullres", ("Memory (MB)", "Inference")]
-            tt = t1.loc[m, ("Time (s)", "Training")] / t1.loc["fullres", ("Time (s)", "Training")]
-            p = PAPER["table1"][m]; f = PAPER["table1"]["fullres"]
-            parts.append(f"{name(m)} trains in {mt:.2f}× FullRes' memory and {tt:.2f}× its time per step and infers "
-                         f"in {mi:.2f}× its memory (paper: {p['train_gb'] / f['train_gb']:.2f}×, "
-                         f"{p['train_s'] / f['train_s']:.2f}×, {p['infer_gb'] / f['infer_gb']:.2f}×)")
-        if parts: out.append("Resources (Table 1, ratios to FullRes): " + "; ".join(parts) + ".")
-    return out
+    return (_runs_sentences(res) + _method_sentences(res) + _ensemble_sentences(res, tol) + _steps_sentences(res, tol)
+            + _resources_sentences(res))
 
 # %% ../nbs/14_experiments.ipynb #335185ad
 def _save(fig, out: Path | str | None) -> None:
@@ -639,10 +647,9 @@ def execute_notebook(nb_path: Path | str, out_nb: Path | str, parameters: dict, 
     from jupyter_client.kernelspec import NoSuchKernel
     out_nb = Path(out_nb)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    nb = prepare_template(_load_nb(nb_path))
     logging.getLogger("papermill").setLevel(logging.WARNING)
     try:
-        pm.execute_notebook(nb, str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(cwd),
+        pm.execute_notebook(str(nb_path), str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(cwd),
                             progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as e:
         msg = (e.evalue or "").strip().splitlines()
@@ -666,15 +673,11 @@ def run_ablations(out_root: Path | str, modes: Sequence[str] = ("patchddm", "ful
     t_all = time.perf_counter()
     out_root = Path(out_root).expanduser().resolve()
     if isinstance(modes, str): modes = [modes]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in MODE_SPECS]
     if bad or not modes:
         raise PatchDDMError(f"modes {list(modes)!r}", f"choose one or more of {', '.join(MODE_ORDER)}")
     dirs = {k: params.pop(k, None) for k in ("data_dir", "prep_dir")}
-    grid = AblationGrid.quick() if quick else AblationGrid()
-    unknown = set(params) - set(AblationGrid.names())
-    if unknown: raise PatchDDMError("ablation settings", f"unknown setting(s) {sorted(unknown)}; known: {', '.join(AblationGrid.names())}")
-    grid = replace(grid, **params).check()
-    nbdir = experiments_dir()
+    grid = (AblationGrid.quick() if quick else AblationGrid()).updated(**params)
     plan = {}
     for m in dict.fromkeys(modes):
         out, data, prep = resolve_paths(m, out_root / m, dirs["data_dir"], dirs["prep_dir"])
@@ -693,13 +696,13 @@ def run_ablations(out_root: Path | str, modes: Sequence[str] = ("patchddm", "ful
         if progress: print(f"[{i}/{len(plan)}] {m}: running {out / 'ablation.ipynb'}", flush=True)
         t0 = time.perf_counter()
         if overwrite: clear_run(out)
-        execute_notebook(nbdir / "ablation.ipynb", out / "ablation.ipynb", p, cwd=out, progress=False)
+        execute_notebook(template_path("ablation.ipynb"), out / "ablation.ipynb", p, cwd=out, progress=False)
         summary["modes"][m] = dict(status="ran", out_dir=str(out), seconds=time.perf_counter() - t0)
         if progress: print(f"[{i}/{len(plan)}] {m}: done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     if report:
         t0 = time.perf_counter()
         tmp_nb = out_root / ".report.partial.ipynb"
-        execute_notebook(nbdir / "report.ipynb", tmp_nb, dict(results_root=str(out_root)), cwd=out_root)
+        execute_notebook(template_path("report.ipynb"), tmp_nb, dict(results_root=str(out_root)), cwd=out_root)
         os.replace(tmp_nb, out_root / "report.ipynb")
         notebook_to_html(out_root / "report.ipynb", out_root / "report.html")
         summary.update(report=str(out_root / "report.ipynb"), html=str(out_root / "report.html"),

@@ -4,16 +4,17 @@
 
 # %% ../nbs/09_train.ipynb #db47d137
 from __future__ import annotations
-import contextlib, csv, hashlib, json, math, os, random, resource, sys, time
-from dataclasses import asdict, dataclass, fields, replace
+import csv, hashlib, json, math, os, random, resource, sys, time
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from tqdm.auto import tqdm
@@ -29,8 +30,8 @@ from .patching import crop, patch_dist, sample_patch_start
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'PAPER_LR', 'CPU_LR', 'LR_SCHEDULES', 'LOG_FIELDS', 'default_lr', 'lr_at', 'TrainConfig', 'config_diff',
-           'step_seed', 'step_generator', 'rng_state', 'set_rng_state', 'EMA', 'swapped_weights', 'check_config',
-           'step_batch', 'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha', 'train']
+           'step_seed', 'step_generator', 'rng_state', 'set_rng_state', 'make_ema', 'check_config', 'step_batch',
+           'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha', 'TrainState', 'train_step', 'train']
 
 # %% ../nbs/09_train.ipynb #e0bc536f
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -54,34 +55,38 @@ def lr_at(cfg: "TrainConfig", step: int) -> float:
     return base
 
 # %% ../nbs/09_train.ipynb #c55b8fe2
+def _setting(default: Any = MISSING, help: str = "") -> Any:
+    "A dataclass field carrying its one-line description in `metadata['help']` (the `patchddm train --help` text)."
+    return field(default=default, metadata={"help": help})
+
 @dataclass
 class TrainConfig:
     "Every setting of one training run; `None`/`'auto'` fields are resolved by `check_config`."
-    prep_dir: Path | str                 # preprocessed cache (`patchddm preprocess`)
-    run_dir: Path | str                  # output folder: config.json, last.pt, best.pt, log.csv, tb/
-    mode: str = "patchddm"               # patchddm | patchddm-nocoords | fullres | halfres
-    preset: str = "small"                # model preset (patchddm.model.PRESETS)
-    patch: int | None = None             # patch edge for the patch modes (default: half the volume edge)
-    patch_dist: str = "paper"            # patch-start distribution (patchddm.patching.PATCH_DISTS)
-    flip: bool = False                   # mirror each training sample left–right (array axis 0) with probability ½
-    steps: int = 1000                    # optimisation steps in total
-    lr: float | None = None              # AdamW learning rate (default: `default_lr(preset)`)
-    lr_schedule: str = "constant"        # constant (the paper's) | cosine (decay to 0 at the last step)
-    warmup: int = 0                      # linear learning-rate warm-up over the first N steps
-    prediction: str = "eps"              # what the network predicts: eps (the paper's), v or x0 (patchddm.diffusion)
-    batch: int = 1                       # batch size per process
-    ema: float | None = None             # EMA decay of the weights, e.g. 0.999 (None: off)
-    grad_clip: float | None = None       # max global gradient norm (None: off)
-    amp: str = "auto"                    # auto | bf16 | fp16 | none
-    checkpointing: bool = False          # activation checkpointing in the network
-    devices: str = "auto"                # auto | cpu | cuda | cuda:1 | cuda:0,cuda:1 | cpu,cpu (split the net)
-    val_every: int = 250                 # validate every N steps and at the end (0: never)
-    val_steps: int = 10                  # DDIM steps of validation sampling
-    val_cases: int | None = None         # validate on the first N validation cases (None: all)
-    ckpt_every: int = 100                # write last.pt every N steps and at the end
-    log_every: int = 10                  # log.csv / TensorBoard / progress bar every N steps
-    seed: int = 0
-    workers: int = 0                     # DataLoader worker processes
+    prep_dir: Path | str = _setting(help="preprocessed cache (`patchddm preprocess`)")
+    run_dir: Path | str = _setting(help="output folder: config.json, last.pt, best.pt, log.csv, tb/")
+    mode: str = _setting("patchddm", "patchddm | patchddm-nocoords | fullres | halfres")
+    preset: str = _setting("small", "model preset: tiny | small | paper")
+    patch: int | None = _setting(None, "patch edge for the patch modes (default: half the volume edge)")
+    patch_dist: str = _setting("paper", "patch-start distribution: paper | code | uniform")
+    flip: bool = _setting(False, "mirror each training sample left–right (array axis 0) with probability ½")
+    steps: int = _setting(1000, "optimisation steps in total")
+    lr: float | None = _setting(None, "AdamW learning rate (default: the preset's, `default_lr`)")
+    lr_schedule: str = _setting("constant", "constant (the paper's) | cosine (decay to 0 at the last step)")
+    warmup: int = _setting(0, "linear learning-rate warm-up over the first N steps")
+    prediction: str = _setting("eps", "what the network predicts: eps (the paper's) | v | x0")
+    batch: int = _setting(1, "batch size per process")
+    ema: float | None = _setting(None, "EMA decay of the weights, e.g. 0.999 (default: no EMA)")
+    grad_clip: float | None = _setting(None, "max global gradient norm (default: no clipping)")
+    amp: str = _setting("auto", "mixed precision: auto | bf16 | fp16 | none")
+    checkpointing: bool = _setting(False, "activation checkpointing in the network (less memory, a little slower)")
+    devices: str = _setting("auto", "auto | cpu | cuda | cuda:1 | cuda:0,cuda:1 | cpu,cpu (two: split the network)")
+    val_every: int = _setting(250, "validate every N steps and at the end (0: never)")
+    val_steps: int = _setting(10, "DDIM steps of validation sampling")
+    val_cases: int | None = _setting(None, "validate on the first N validation cases (default: all)")
+    ckpt_every: int = _setting(100, "write last.pt every N steps and at the end")
+    log_every: int = _setting(10, "log.csv / TensorBoard / progress bar every N steps")
+    seed: int = _setting(0, "seed of the initial weights, the batches, patches, time steps and noise")
+    workers: int = _setting(0, "DataLoader worker processes")
 
     def __post_init__(self):
         self.prep_dir, self.run_dir = Path(self.prep_dir), Path(self.run_dir)
@@ -139,29 +144,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/09_train.ipynb #1ca15f18
-class EMA:
-    "Exponential moving average of a model's state: ema ← decay·ema + (1 − decay)·weights, per tensor."
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = float(decay)
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    "EMA of `model`'s parameters and buffers (any shapes): `AveragedModel` with `get_ema_multi_avg_fn(decay)`, started at the current weights."
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+    ema.update_parameters(model)           # n_averaged 0 → 1 (a copy): from now on every update averages
+    return ema
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        "Move the average one step towards `model`'s current weights."
-        for k, v in model.state_dict().items():
-            e = self.state[k]
-            if e.is_floating_point(): e.lerp_(v.detach(), 1 - self.decay)
-            else: e.copy_(v)
+def _ema_state(ema: AveragedModel) -> dict[str, torch.Tensor]:
+    "The EMA weights as a plain state dict of the wrapped network (its own keys and shapes), detached, on the CPU."
+    return {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
 
-@contextlib.contextmanager
-def swapped_weights(model: torch.nn.Module, state: dict | None) -> Iterator[torch.nn.Module]:
-    "Temporarily load `state` (e.g. EMA weights) into `model`; restore the original weights exactly on exit."
-    if state is None:
-        yield model; return
-    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(state)
-    try: yield model
-    finally: model.load_state_dict(backup)
+def _load_ema_state(ema: AveragedModel, state: dict[str, torch.Tensor], n_averaged: int) -> None:
+    "Put `_ema_state` output back into `ema`, which then counts `n_averaged` ≥ 1 averages (training: step + 1)."
+    ema.module.load_state_dict(state)
+    ema.n_averaged.fill_(max(1, int(n_averaged)))
 
 # %% ../nbs/09_train.ipynb #c5ba7f67
 def _open_cache(prep_dir: Path | str) -> PreparedDataset:
@@ -407,6 +403,123 @@ def _prepare_run(cfg: TrainConfig, info: dict, dcfg: DiffusionConfig, d: DistInf
     save_json(meta, cj)
     return None
 
+# %% ../nbs/09_train.ipynb #732d47bd
+@dataclass
+class TrainState:
+    "What the training loop carries from step to step (networks, optimiser, scaler, EMA, best Dice, log window sums)."
+    cfg: TrainConfig                     # resolved by `check_config`
+    info: dict                           # the facts `check_config` returned (devices, splits, model config)
+    dist: DistInfo
+    diffusion: Diffusion
+    model: UNet3D                        # the weights
+    net: torch.nn.Module                 # what a step calls: `model`, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None = None
+    cache: PreparedDataset | None = None # for validation
+    meta: dict | None = None             # the configs every checkpoint records (`_run_meta`)
+    log: RunLog | None = None            # rank 0 only
+    bar: Any = None                      # tqdm progress bar
+    start: int = 0                       # the step restored from (0: a fresh start)
+    best: float | None = None            # best validation Dice so far, and its step
+    best_step: int | None = None
+    saved_step: int | None = None        # step of the newest last.pt
+    win_loss: float = 0.0                # sums over the current log window
+    win_n: int = 0
+    win_time: float = 0.0
+    train_time: float = 0.0              # seconds and steps of pure training in this process
+    n_run: int = 0
+    last_loss: float | None = None       # mean loss of the last log window
+
+def _restore(cfg: TrainConfig, info: dict, d: DistInfo, diffusion: Diffusion, ck: dict | None = None) -> TrainState:
+    "Build network, AdamW, GradScaler and EMA from `cfg.seed`; load their states, step, best Dice and RNG from `ck`."
+    devs = info["devices"]
+    seed_everything(cfg.seed)                      # identical initial weights on every rank
+    model = UNet3D(info["model"]).place(devs).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler(devs[0].type, enabled=cfg.amp == "fp16")
+    ema = make_ema(model, cfg.ema) if cfg.ema else None
+    st = TrainState(cfg, info, d, diffusion, model, model, opt, scaler, ema, cache=_open_cache(cfg.prep_dir),
+                    meta=_run_meta(cfg, info, diffusion.cfg, d.world_size))
+    if ck is not None:
+        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"]); scaler.load_state_dict(ck["scaler"])
+        st.start, st.best, st.best_step = int(ck["step"]), ck["best_val_dice"], ck["best_step"]
+        st.saved_step = st.start
+        if ema is not None: _load_ema_state(ema, ck["ema"], st.start + 1)     # 1 at creation + 1 per step
+        set_rng_state(ck["rng"])
+    if d.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        one_cuda = len(devs) == 1 and devs[0].type == "cuda"
+        st.net = DistributedDataParallel(model, device_ids=[devs[0]] if one_cuda else None)
+    return st
+
+def _checkpoint(st: TrainState, step: int) -> dict:
+    "Everything the steps after `step` depend on, as plain containers and CPU tensors (loads with `weights_only=True`)."
+    return dict(format=CKPT_FORMAT, step=step, model=_cpu_state(st.model.state_dict()),
+                ema=None if st.ema is None else _ema_state(st.ema), optimizer=st.opt.state_dict(),
+                scaler=st.scaler.state_dict(), rng=rng_state(), best_val_dice=st.best, best_step=st.best_step,
+                world_size=st.dist.world_size, train_config=st.meta["train"], model_config=st.meta["model"],
+                diffusion_config=st.meta["diffusion"], prep_config=st.meta["prep"])
+
+# %% ../nbs/09_train.ipynb #ff24bf33
+def train_step(st: TrainState, batch: dict) -> float:
+    "One optimisation step on a `step_batch` (cond (B, C, s, s, s), x0 and eps (B, 1, s, s, s), t (B,)) → its loss, mean over ranks."
+    cfg, d, dev, diffusion = st.cfg, st.dist, st.info["devices"][0], st.diffusion
+    s = int(batch["step"])
+    torch.manual_seed(step_seed(cfg.seed, d.rank, s, "torch"))      # dropout & co: a function of the step
+    cond, x0, t, eps = (batch[k].to(dev, non_blocking=True) for k in ("cond", "x0", "t", "eps"))
+    x_t = diffusion.q_sample(x0, t, eps)
+    with autocast(cfg.amp, dev.type):
+        out = st.net(torch.cat([cond, x_t], 1), t)
+    loss = F.mse_loss(out.float(), diffusion.target(x0, eps, t).to(out.device))
+    for group in st.opt.param_groups: group["lr"] = lr_at(cfg, s)
+    st.opt.zero_grad(set_to_none=True)
+    st.scaler.scale(loss).backward()
+    lv = loss.detach().reshape(1).to(dev)
+    if d.world_size > 1: dist.all_reduce(lv); lv /= d.world_size
+    lval = float(lv.item())
+    if not math.isfinite(lval):
+        kept = f"last.pt of step {st.saved_step} is kept" if st.saved_step is not None else "no checkpoint was written yet"
+        raise PatchDDMError(cfg.run_dir, f"loss became {lval} at step {s}; training stopped ({kept}); "
+                                         f"try a lower lr (now {cfg.lr:g}) or grad_clip")
+    if cfg.grad_clip:
+        st.scaler.unscale_(st.opt); torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+    st.scaler.step(st.opt); st.scaler.update()
+    if st.ema is not None: st.ema.update_parameters(st.model)
+    return lval
+
+# %% ../nbs/09_train.ipynb #9f6ac8ed
+def _validate_best(st: TrainState, s: int) -> float:
+    "Rank 0 at step `s`: validation Dice of the EMA (or current) weights, logged; `best.pt` when it is a new best."
+    cfg = st.cfg
+    net = st.model if st.ema is None else st.ema.module
+    score, _ = validate(net, st.diffusion, st.cache, st.info["val"], cfg.mode, cfg.val_steps, cfg.seed, cfg.amp)
+    if st.log is not None: st.log.write(s, val_dice=score)
+    if st.bar is not None and not st.bar.disable:
+        st.bar.write(f"step {s}: validation Dice {score:.4f} ({len(st.info['val'])} cases, {cfg.val_steps} DDIM steps)")
+    if st.best is None or score > st.best:
+        st.best, st.best_step = score, s
+        save_torch(_checkpoint(st, s), cfg.run_dir / "best.pt")
+    return score
+
+def _after_step(st: TrainState, s: int, loss: float, seconds: float) -> None:
+    "After step `s` (its `loss`, `seconds` of training): the log window, validation + best.pt, last.pt."
+    cfg, d = st.cfg, st.dist
+    st.win_loss, st.win_n, st.win_time = st.win_loss + loss, st.win_n + 1, st.win_time + seconds
+    st.train_time += seconds; st.n_run += 1
+    if st.bar is not None: st.bar.update(1)
+    if s % cfg.log_every == 0 or s == cfg.steps:
+        st.last_loss, sps = st.win_loss / st.win_n, st.win_n / max(st.win_time, 1e-9)
+        if st.bar is not None: st.bar.set_postfix(loss=f"{st.last_loss:.4f}", steps_per_s=f"{sps:.2f}", refresh=False)
+        if st.log is not None: st.log.write(s, loss=st.last_loss, lr=st.opt.param_groups[0]["lr"], steps_per_s=sps)
+        st.win_loss, st.win_n, st.win_time = 0.0, 0, 0.0
+    if cfg.val_every and (s % cfg.val_every == 0 or s == cfg.steps):
+        if d.main: _validate_best(st, s)
+        _barrier(d)
+    if s % cfg.ckpt_every == 0 or s == cfg.steps:
+        if d.main: save_torch(_checkpoint(st, s), cfg.run_dir / "last.pt")
+        st.saved_step = s
+
 # %% ../nbs/09_train.ipynb #61695667
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     "Train per `cfg` (see `TrainConfig`); returns a summary dict (final loss, best val Dice, steps/s, peak memory, run_dir)."
@@ -422,110 +535,49 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     finally:
         if own_group: dist.destroy_process_group()
 
-def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: bool, progress: bool) -> dict:
-    "The body of `train` after the config check (and process-group setup)."
-    diffusion = Diffusion(DiffusionConfig(prediction=cfg.prediction))
-    run, devs = cfg.run_dir, info["devices"]
+def _shared_checkpoint(cfg: TrainConfig, info: dict, dcfg: DiffusionConfig, d: DistInfo, resume: bool,
+                       overwrite: bool) -> dict | None:
+    "Rank 0 prepares the run folder (its error is raised on every rank); every rank gets the checkpoint to resume, or None."
     err, ck = None, None
     if d.main:
-        try: ck = _prepare_run(cfg, info, diffusion.cfg, d, resume, overwrite)
+        try: ck = _prepare_run(cfg, info, dcfg, d, resume, overwrite)
         except PatchDDMError as e: err = str(e)
     _broadcast_error(d, err)
     if d.world_size > 1:
         box = [ck is not None]; dist.broadcast_object_list(box, src=0)
-        if box[0] and not d.main: ck = load_checkpoint(run / "last.pt")
+        if box[0] and not d.main: ck = load_checkpoint(cfg.run_dir / "last.pt")
+    return ck
 
-    seed_everything(cfg.seed)                      # identical initial weights on every rank
-    model = UNet3D(info["model"]).place(devs).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler(devs[0].type, enabled=cfg.amp == "fp16")
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    start, best, best_step = 0, None, None
-    if ck is not None:
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"]); scaler.load_state_dict(ck["scaler"])
-        if ema is not None:
-            for k, v in ck["ema"].items(): ema.state[k].copy_(v)
-        start, best, best_step = int(ck["step"]), ck["best_val_dice"], ck["best_step"]
-        set_rng_state(ck["rng"])
-    net = model
-    if d.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        one_cuda = len(devs) == 1 and devs[0].type == "cuda"
-        net = DistributedDataParallel(model, device_ids=[devs[0]] if one_cuda else None)
+def _summary(st: TrainState) -> dict:
+    "What `train` returns and rank 0 writes to RUN/summary.json."
+    cfg, d, devs = st.cfg, st.dist, st.info["devices"]
+    return dict(run_dir=str(cfg.run_dir), mode=cfg.mode, preset=cfg.preset, steps=cfg.steps, start_step=st.start,
+                steps_run=st.n_run, final_loss=st.last_loss, best_val_dice=st.best, best_step=st.best_step,
+                steps_per_s=st.n_run / st.train_time if st.train_time else None, peak_rss_mb=_peak_rss_mb(),
+                peak_cuda_mb=(max(torch.cuda.max_memory_allocated(x) for x in devs) / 2**20
+                              if devs[0].type == "cuda" else None),
+                amp=cfg.amp, devices=cfg.devices, world_size=d.world_size, rank=d.rank, param_sha=param_sha(st.model))
 
-    cache = _open_cache(cfg.prep_dir)
-    meta = _run_meta(cfg, info, diffusion.cfg, d.world_size)
-    def checkpoint(step: int) -> dict:
-        return dict(format=CKPT_FORMAT, step=step, model=_cpu_state(model.state_dict()),
-                    ema=None if ema is None else _cpu_state(ema.state), optimizer=opt.state_dict(),
-                    scaler=scaler.state_dict(), rng=rng_state(), best_val_dice=best, best_step=best_step,
-                    world_size=d.world_size, train_config=meta["train"], model_config=meta["model"],
-                    diffusion_config=meta["diffusion"], prep_config=meta["prep"])
-
-    log = RunLog(run, keep_until=start if resume else None) if d.main else None
-    loader = DataLoader(StepData(cfg, info["train"], start + 1, cfg.steps, d.rank, diffusion.T), batch_size=None,
-                        shuffle=False, num_workers=cfg.workers, pin_memory=devs[0].type == "cuda")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and d.main), desc=f"train {cfg.mode}",
-               dynamic_ncols=True, mininterval=1.0)
-    saved_step = start if ck is not None else None
-    win_loss, win_n, win_time, train_time, n_run, last_loss = 0.0, 0, 0.0, 0.0, 0, None
+def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: bool, progress: bool) -> dict:
+    "The body of `train` after the config check (and process-group setup): restore, then step and book-keep to `steps`."
+    diffusion = Diffusion(DiffusionConfig(prediction=cfg.prediction))
+    ck = _shared_checkpoint(cfg, info, diffusion.cfg, d, resume, overwrite)
+    st = _restore(cfg, info, d, diffusion, ck)
+    st.log = RunLog(cfg.run_dir, keep_until=st.start if resume else None) if d.main else None
+    loader = DataLoader(StepData(cfg, info["train"], st.start + 1, cfg.steps, d.rank, diffusion.T), batch_size=None,
+                        shuffle=False, num_workers=cfg.workers, pin_memory=info["devices"][0].type == "cuda")
+    st.bar = tqdm(total=cfg.steps, initial=st.start, disable=not (progress and d.main), desc=f"train {cfg.mode}",
+                  dynamic_ncols=True, mininterval=1.0)
     t_mark = time.perf_counter()
     try:
         for batch in loader:
-            s = int(batch["step"])
-            torch.manual_seed(step_seed(cfg.seed, d.rank, s, "torch"))      # dropout & co: a function of the step
-            cond, x0, t, eps = (batch[k].to(devs[0], non_blocking=True) for k in ("cond", "x0", "t", "eps"))
-            x_t = diffusion.q_sample(x0, t, eps)
-            with autocast(cfg.amp, devs[0].type):
-                out = net(torch.cat([cond, x_t], 1), t)
-            loss = F.mse_loss(out.float(), diffusion.target(x0, eps, t).to(out.device))
-            for group in opt.param_groups: group["lr"] = lr_at(cfg, s)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            lv = loss.detach().reshape(1).to(devs[0])
-            if d.world_size > 1: dist.all_reduce(lv); lv /= d.world_size
-            lval = float(lv.item())
-            if not math.isfinite(lval):
-                kept = f"last.pt of step {saved_step} is kept" if saved_step is not None else "no checkpoint was written yet"
-                raise PatchDDMError(run, f"loss became {lval} at step {s}; training stopped ({kept}); "
-                                         f"try a lower lr (now {cfg.lr:g}) or grad_clip")
-            if cfg.grad_clip:
-                scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt); scaler.update()
-            if ema is not None: ema.update(model)
-            now = time.perf_counter()
-            win_loss, win_n, win_time = win_loss + lval, win_n + 1, win_time + (now - t_mark)
-            train_time += now - t_mark; n_run += 1
-            bar.update(1)
-            if s % cfg.log_every == 0 or s == cfg.steps:
-                last_loss = win_loss / win_n
-                sps = win_n / max(win_time, 1e-9)
-                bar.set_postfix(loss=f"{last_loss:.4f}", steps_per_s=f"{sps:.2f}", refresh=False)
-                if d.main: log.write(s, loss=last_loss, lr=opt.param_groups[0]["lr"], steps_per_s=sps)
-                win_loss, win_n, win_time = 0.0, 0, 0.0
-            if cfg.val_every and (s % cfg.val_every == 0 or s == cfg.steps):
-                if d.main:
-                    with swapped_weights(model, None if ema is None else ema.state):
-                        dice, _ = validate(model, diffusion, cache, info["val"], cfg.mode, cfg.val_steps, cfg.seed, cfg.amp)
-                    log.write(s, val_dice=dice)
-                    if progress: bar.write(f"step {s}: validation Dice {dice:.4f} ({len(info['val'])} cases, {cfg.val_steps} DDIM steps)")
-                    if best is None or dice > best:
-                        best, best_step = dice, s
-                        save_torch(checkpoint(s), run / "best.pt")
-                _barrier(d)
-            if s % cfg.ckpt_every == 0 or s == cfg.steps:
-                if d.main: save_torch(checkpoint(s), run / "last.pt")
-                saved_step = s
+            loss = train_step(st, batch)
+            _after_step(st, int(batch["step"]), loss, time.perf_counter() - t_mark)
             t_mark = time.perf_counter()
     finally:
-        bar.close()
-        if log is not None: log.close()
+        st.bar.close()
+        if st.log is not None: st.log.close()
     _barrier(d)
-    summary = dict(run_dir=str(run), mode=cfg.mode, preset=cfg.preset, steps=cfg.steps, start_step=start,
-                   steps_run=n_run, final_loss=last_loss, best_val_dice=best, best_step=best_step,
-                   steps_per_s=n_run / train_time if train_time else None, peak_rss_mb=_peak_rss_mb(),
-                   peak_cuda_mb=(max(torch.cuda.max_memory_allocated(x) for x in devs) / 2**20
-                                 if devs[0].type == "cuda" else None),
-                   amp=cfg.amp, devices=cfg.devices, world_size=d.world_size, rank=d.rank, param_sha=param_sha(model))
-    if d.main: save_json(summary, run / "summary.json")
+    summary = _summary(st)
+    if d.main: save_json(summary, cfg.run_dir / "summary.json")
     return summary

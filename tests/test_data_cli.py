@@ -1,6 +1,7 @@
 """End-to-end tests of the data commands, run as `python -m patchddm.cli`:
 `patchddm phantoms OUT_DIR [--n] [--resolution] [--seed] [--overwrite]` and
-`patchddm preprocess DATA_DIR OUT_DIR [--size] [--spacing] [--seed] [--skip-bad] [--overwrite]`.
+`patchddm preprocess DATA_DIR OUT_DIR [--size] [--spacing] [--seed] [--skip-bad] [--overwrite]`;
+and the command's surface: `patchddm --version`, `patchddm train --help` (one option per TrainConfig field).
 
 Small on purpose: 3 phantom cases at 4 mm (50×59×48 voxels) preprocessed to 64³.
 """
@@ -21,6 +22,13 @@ def cli(*args):
     "Run the patchddm CLI in a subprocess; return the CompletedProcess (text stdout/stderr)."
     return subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
+
+
+def cli_env(*args, **env):
+    "`cli` with extra environment variables."
+    import os
+    return subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
 
 
 def snapshot(folder: Path) -> dict:
@@ -146,3 +154,34 @@ def test_shared_phantom_data_fixture(phantom_data):
     image, mask, meta = ds.load(ds.split("val")[0])
     assert image.shape == (4, 64, 64, 64) and mask.shape == (64, 64, 64) and meta["shape"] == [50, 59, 48]
     assert len([p for p in phantom_data.raw.iterdir() if p.is_dir()]) == 5
+
+
+def test_version():
+    import patchddm
+    from importlib.metadata import version
+    r = cli("--version")
+    assert_ok(r)
+    assert r.stdout.strip() == f"patchddm {version('patchddm')}" and version("patchddm") == patchddm.__version__
+    assert r.stderr == ""
+
+
+def test_train_help_lists_every_setting():
+    "Each TrainConfig field is a `patchddm train` option (positional for the two folders) with its help text."
+    from dataclasses import fields
+    from patchddm.train import TrainConfig
+    r = cli_env("train", "--help", COLUMNS="200")
+    assert_ok(r)
+    flat = " ".join(r.stdout.split())
+    assert "[prep_dir] [run_dir]" in flat
+    for f in fields(TrainConfig):
+        if f.name not in ("prep_dir", "run_dir"): assert f"--{f.name.replace('_', '-')} " in flat, f.name
+        assert f.metadata["help"] and f.metadata["help"][:40] in flat, f.name
+    for opt in ("--steps", "--mode", "--preset", "--patch", "--lr", "--val-every", "--no-flip", "--resume", "--overwrite"):
+        assert opt + " " in flat, opt
+
+
+def test_train_option_errors_are_one_line(tmp_path):
+    assert_one_line_error(cli("train", tmp_path / "nowhere", tmp_path / "run", "--steps", "0"), "steps=0")
+    assert_one_line_error(cli("train", tmp_path / "nowhere", tmp_path / "run", "--preset", "tiny"),
+                          "preprocessed cache not found")
+    assert not (tmp_path / "run").exists()

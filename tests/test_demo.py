@@ -7,7 +7,7 @@ import pytest
 
 from patchddm.demo import DemoConfig, run_demo
 
-TINY = dict(n_cases=6, preset="tiny", patch=32, train_steps=6, val_every=6, val_steps=2, sample_steps=2, ensemble=2)
+TINY = dict(n_cases=6, train=dict(steps=6, val_every=6), sample_steps=2, ensemble=2)   # over DEMO_TRAIN (tiny, 32³)
 
 
 def test_report_notebook_on_tiny_results(tmp_path):
@@ -30,7 +30,7 @@ def test_demo_cli_end_to_end(tmp_path):
     "`patchddm demo` with tiny settings: every stage, a report, and a second call that reuses everything."
     out = tmp_path / "demo"
     args = [sys.executable, "-m", "patchddm.cli", "demo", str(out), "--n-cases", "6", "--preset", "tiny",
-            "--train-steps", "6", "--sample-steps", "2", "--ensemble", "2"]
+            "--steps", "6", "--set", "val_every=6", "--sample-steps", "2", "--ensemble", "2"]
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
@@ -38,5 +38,5 @@ def test_demo_cli_end_to_end(tmp_path):
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
     r2 = subprocess.run(args, capture_output=True, text=True)
     assert r2.returncode == 0 and "reused" in r2.stdout
-    r3 = subprocess.run(args[:-2] + ["3"], capture_output=True, text=True)   # other settings → one-line error
-    assert r3.returncode == 1 and r3.stderr.strip().count("\n") == 0 and "other settings" in r3.stderr
+    r3 = subprocess.run(args[:-1] + ["3"], capture_output=True, text=True)   # other settings → one-line error
+    assert r3.returncode == 1 and r3.stderr.strip().count("\n") == 0 and "other settings (ensemble)" in r3.stderr

@@ -196,3 +196,37 @@ def test_profile_cli_writes_json(tmp_path):
     res = json.loads(out.read_text())
     assert res["mode"] == "halfres" and res["train"]["input"] == 16 and res["inference"]["input"] == 16
     assert res["train"]["memory_mb"] > 0 and res["inference"]["seconds"] > 0
+
+
+def test_evaluate_cli_lesionwise_uncertainty_and_labels(segmented, phantom_data, tmp_path):
+    "--lesionwise --uncertainty add their columns and files; label maps give three regions; bad labels are one line."
+    truth = tmp_path / "truth"
+    shutil.copytree(phantom_data.raw, truth)
+    csv = tmp_path / "m.csv"
+    r = _cli("evaluate", segmented, truth, "--out", csv, "--lesionwise", "--uncertainty", "--rules", "metastases")
+    assert r.returncode == 0, r.stderr
+    _no_traceback(r)
+    df = pd.read_csv(csv)
+    assert len(df) == 5 and set(df["region"]) == {"WT"} and (df["status"] == "ok").all()
+    assert df["lesion_dice"].between(0, 1).all() and df["unc_score"].between(0, 1).all() and df["ece"].between(0, 1).all()
+    assert {"WT"} == set(pd.read_csv(tmp_path / "m.summary.csv", index_col=0).index)
+    curves = pd.read_csv(tmp_path / "m.curves.csv")
+    assert len(curves) == 5 * 5 and sorted(curves["tau"].unique()) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (tmp_path / "m.reliability.csv").is_file() and "lesion-wise Dice" in r.stdout and "QU-BraTS" in r.stdout
+    # the truth's label maps as predictions: three regions per case, perfect scores; 2023 labels in a 2020 case: one line
+    pred = tmp_path / "labels"
+    cases = sorted(p for p in truth.iterdir() if p.is_dir())
+    for c in cases:
+        (pred / c.name).mkdir(parents=True)
+        shutil.copy(c / f"{c.name}_seg.nii.gz", pred / c.name / "mask.nii.gz")
+    bad = pred / cases[1].name / "mask.nii.gz"
+    img = nib.load(str(bad))
+    nib.save(nib.Nifti1Image(np.where(np.asarray(img.dataobj) == 4, 3, np.asarray(img.dataobj)).astype(np.uint8), img.affine), str(bad))
+    r = _cli("evaluate", pred, truth, "--out", tmp_path / "l.csv", "--lesionwise")
+    assert r.returncode == 1
+    _no_traceback(r)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert any(str(bad) in l and "labels [3] outside the brats2020 convention" in l for l in lines), r.stderr
+    df = pd.read_csv(tmp_path / "l.csv")
+    assert df["case_id"].nunique() == 5 and (df[df.status == "ok"].groupby("case_id")["region"].apply(list) == [["WT", "TC", "ET"]] * 4).all()
+    assert (df.loc[df.status == "ok", "dice"] == 1.0).all() and (df.loc[df.status == "ok", "lesion_dice"] == 1.0).all()

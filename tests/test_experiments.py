@@ -5,7 +5,7 @@ numbers mean nothing; what is checked is the plumbing: one executed notebook and
 report collecting a row per mode in every table, skipping finished runs, refusing changed settings, and one-line
 errors from inside a notebook.
 """
-import json
+import json, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +35,7 @@ def test_each_mode_has_an_executed_notebook_and_results(quick_root):
         assert len(injected) == 1 and f'mode = "{m}"' in "".join(injected[0]["source"])
         assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
         rec = json.loads((d / "results.json").read_text())
-        assert rec["mode"] == m and rec["params"]["preset"] == "tiny" and rec["params"]["train_steps"] == 4
+        assert rec["mode"] == m and rec["params"]["train"]["preset"] == "tiny" and rec["params"]["train"]["steps"] == 4
         assert (d / "run" / "best.pt").is_file() and (d / "grid.csv").is_file() and (d / "profile.json").is_file()
         for f in ("fig4.png", "fig5.png", "fig8.png"):
             assert (d / "figures" / f).stat().st_size > 1000
@@ -88,3 +88,29 @@ def test_an_error_inside_the_notebook_is_one_line(tmp_path, phantom_data):
     assert "\n" not in msg and "ablation.ipynb" in msg and "size 64 (wanted 32)" in msg
     assert (tmp_path / "patchddm" / "ablation.ipynb").is_file()       # the partial notebook stays for inspection
     assert not (tmp_path / "patchddm" / "results.json").exists()
+
+
+def test_papermill_cli_runs_the_ablation_template_as_is(tmp_path, phantom_data):
+    "Plain `papermill TEMPLATE OUT -p NAME VALUE ...` runs the template with those values (its `parameters` tag is in the file)."
+    from patchddm.demo import template_path
+    out, prep = tmp_path / "halfres", tmp_path / "prep"
+    out.mkdir()                                                          # papermill writes into an existing folder
+    train = {"preset": "tiny", "patch": 16, "steps": 2, "warmup": 0, "val_every": 2, "val_steps": 1}
+    grid = {"train": train, "sampling_steps": [1], "solvers": ["ddim"], "ensemble_sizes": [1]}
+    cmd = [str(Path(sys.executable).parent / "papermill"), str(template_path("ablation.ipynb")), str(out / "ablation.ipynb"),
+           "-p", "mode", "halfres", "-p", "size", "32", "-p", "spacing", "8.0", "-p", "main_steps", "1",
+           "-p", "profile_repeats", "1", "-p", "out_dir", str(out), "-p", "data_dir", str(phantom_data.raw),
+           "-p", "prep_dir", str(prep), "-y", json.dumps(grid), "--cwd", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = json.loads((out / "params.json").read_text())
+    assert params["mode"] == "halfres" and params["size"] == 32 and params["spacing"] == 8.0
+    assert params["train"]["steps"] == 2 and params["train"]["preset"] == "tiny" and params["train"]["lr"] == 1e-3  # over GRID_TRAIN
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["mode"] == "halfres" and rec["profile"]["mode"] == "halfres" and rec["main"] == {"solver": "ddim", "steps": 1}
+    tc = json.loads((out / "run" / "config.json").read_text())["train"]
+    assert (tc["mode"], tc["patch"], tc["steps"], tc["preset"]) == ("halfres", None, 2, "tiny")
+    nb = json.loads((out / "ablation.ipynb").read_text())
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb["cells"]]
+    assert ["parameters"] in tags and ["injected-parameters"] in tags   # the template's cell, then papermill's values
+    assert tags.index(["parameters"]) + 1 == tags.index(["injected-parameters"])

@@ -105,10 +105,14 @@ def test_resume_after_sigkill_is_bit_identical(prep, tmp_path):
     log_full, log_killed = read_log(full.run_dir), read_log(killed.run_dir)
     assert log_full["step"].tolist() == log_killed["step"].tolist()
     assert log_full["loss"].dropna().tolist() == log_killed["loss"].dropna().tolist()
+    ck = load_checkpoint(killed.run_dir / "last.pt")       # the EMA: a plain state dict of the network ...
+    assert list(ck["ema"]) == list(ck["model"]) and any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
+    run = load_run(killed.run_dir, which="last", device="cpu")       # ... that load_run puts into a UNet3D
+    assert run.ema and all(torch.equal(v, ck["ema"][k]) for k, v in run.model.state_dict().items())
 
 
 def test_torchrun_two_ranks_hold_identical_weights(prep, tmp_path):
-    cfg = _cfg(prep, tmp_path / "ddp", steps=4, val_every=4, ckpt_every=2, patch=16)
+    cfg = _cfg(prep, tmp_path / "ddp", steps=4, val_every=4, ckpt_every=2, patch=16, ema=0.9)
     r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", WORKER,
                         _spec(cfg, summary_dir=str(tmp_path / "summaries"))],
                        env=_env(1), capture_output=True, text=True, timeout=300)
@@ -117,9 +121,10 @@ def test_torchrun_two_ranks_hold_identical_weights(prep, tmp_path):
     assert (s0["rank"], s1["rank"], s0["world_size"]) == (0, 1, 2)
     assert s0["param_sha"] == s1["param_sha"]
     assert s0["final_loss"] == s1["final_loss"]          # loss is averaged over ranks
-    run = load_run(tmp_path / "ddp", which="last", device="cpu")
+    run = load_run(tmp_path / "ddp", which="last", device="cpu", use_ema=False)
     from patchddm.train import param_sha
     assert param_sha(run.model) == s0["param_sha"]       # rank 0's checkpoint = the weights both ranks hold
+    assert load_run(tmp_path / "ddp", which="last", device="cpu").ema    # and the EMA kept beside them
     assert s0["best_val_dice"] is not None and s1["best_val_dice"] is None    # validation on rank 0 only
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv", "summary.json", "tb"]
 
