@@ -7,6 +7,7 @@ STAMP := $(VENV)/.patchddm-installed
 # The pinned CPU build; GPU users: see README "GPU users".
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,lab,docs,bench
+CROSSCHECK ?= brats-evaluation==0.0.10 panoptica==2.1.7 connected-components-3d ruamel.yaml
 DEMO_DIR ?= results/demo
 
 .PHONY: install test demo demo-check lab docs docs-check ablations bench readme export clean-nbs
@@ -15,6 +16,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@# test-only cross-check (AGPL, never imported by patchddm); --no-deps: its pins (pandas<3, numpy<2.3) would
+	@# downgrade the project's stack, and the parts the test uses run with the current versions
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(CROSSCHECK)
+	$(PY) -m pip install -q --disable-pip-version-check scikit-image "plotly<6"
 	@touch $(STAMP)
 
 install: $(STAMP)
