@@ -15,8 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['PatchDDMError', 'Settings', 'find_settings_file', 'load_settings', 'atomic_path', 'save_json', 'save_torch',
            'prepare_output_dir', 'read_json', 'check_new_file', 'check_output_dir', 'temp_dir_beside', 'replace_dir',
-           'save_fig', 'fmt_shape', 'check_int', 'stderr_line', 'seed_everything', 'pick_device', 'cpu_has_bf16',
-           'check_amp', 'autocast', 'model_device', 'parse_devices']
+           'save_fig', 'finish_figure', 'choose', 'fmt_shape', 'check_int', 'stderr_line', 'seed_everything',
+           'pick_device', 'cpu_has_bf16', 'check_amp', 'autocast', 'model_device', 'parse_devices']
 
 # %% ../nbs/00_core.ipynb #49aae864
 class PatchDDMError(Exception):
@@ -125,7 +125,7 @@ def prepare_output_dir(path: Path | str, overwrite: bool = False, allow_existing
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_core.ipynb #b1cca554
+# %% ../nbs/00_core.ipynb #fc213841
 def read_json(path: Path | str, what: str = "JSON file", hint: str = "") -> Any:
     "The parsed JSON at `path`; missing or unreadable is a one-line error naming `what` (and `hint`, if given)."
     path = Path(path)
@@ -142,7 +142,7 @@ def check_new_file(path: Path | str | None, overwrite: bool = False) -> Path | N
     if p.exists() and not overwrite: raise PatchDDMError(p, "exists (pass --overwrite to replace it)")
     return p
 
-# %% ../nbs/00_core.ipynb #5c96ca41
+# %% ../nbs/00_core.ipynb #f244f663
 def check_output_dir(out_dir: Path | str, overwrite: bool = False, inputs: Sequence[Path | str] = ()) -> Path:
     "Refuse `out_dir` when it is a file, lies inside one of `inputs` (or is one), or is a non-empty folder without `overwrite`."
     out_dir = Path(out_dir)
@@ -175,13 +175,26 @@ def replace_dir(tmp: Path | str, final: Path | str, overwrite: bool = True) -> P
     if old is not None: shutil.rmtree(old, ignore_errors=True)
     return final
 
-# %% ../nbs/00_core.ipynb #4ed226fd
+# %% ../nbs/00_core.ipynb #21c1467a
 def save_fig(fig, out: Path | str | None, overwrite: bool = False, dpi: int = 130) -> Path | None:
     "Save a matplotlib figure atomically (format from the suffix; nothing for `out=None`), refusing to replace a file unless `overwrite`."
     out = check_new_file(out, overwrite)
     if out is None: return None
     with atomic_path(out) as tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     return out
+
+def finish_figure(fig, out: Path | str | None = None, overwrite: bool = False, title: str | None = None,
+                  fontsize: float | None = None):
+    "Give `fig` its title, tighten its layout, save it to `out` (see `save_fig`) and return it."
+    if title: fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    save_fig(fig, out, overwrite)
+    return fig
+
+def choose(key: Any, table: dict, what: str) -> Any:
+    "`table[key]`, or a one-line error naming the unknown `what` and listing the choices."
+    if key not in table: raise PatchDDMError(f"{what} {key!r}", f"unknown {what}; choose one of {', '.join(map(str, table))}")
+    return table[key]
 
 def fmt_shape(shape: Any) -> str:
     "A shape as `AxBxC` (for messages)."
@@ -221,7 +234,7 @@ def cpu_has_bf16() -> bool:
     except OSError: return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
-# %% ../nbs/00_core.ipynb #88ea0fa7
+# %% ../nbs/00_core.ipynb #70f01781
 def check_amp(amp: str) -> str:
     "`amp` if it is 'none', 'bf16' or 'fp16' (the resolved mixed-precision choices), else a one-line error."
     if amp not in ("none", "bf16", "fp16"): raise PatchDDMError(f"amp {amp!r}", "choose none, bf16 or fp16")

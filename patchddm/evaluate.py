@@ -4,7 +4,6 @@
 
 # %% ../nbs/11_evaluate.ipynb #c1fedf3a
 from __future__ import annotations
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -13,7 +12,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import PatchDDMError, atomic_path, check_int, check_new_file, fmt_shape, read_json, save_fig, stderr_line
+from .core import (PatchDDMError, atomic_path, check_int, check_new_file, finish_figure, fmt_shape, read_json,
+                           stderr_line)
 from .data import AFFINE_TOL, PreparedDataset, find_case, find_cases
 from .data import unpad as unpad_cube
 from .diffusion import nfe
@@ -283,10 +283,7 @@ def plot_reliability(rel: pd.DataFrame, out: Path | str | None = None, overwrite
     ax.set(ylabel="observed frequency of tumour", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8, loc="upper left")
     hist.set(yscale="log", xlabel="ensemble probability (bin mean)", ylabel="voxels")
-    if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_fig(fig, out, overwrite)
-    return fig
+    return finish_figure(fig, out, overwrite, title, fontsize=10)
 
 def plot_uncertainty(curves: pd.DataFrame, out: Path | str | None = None, overwrite: bool = False, title: str | None = None):
     "QU-BraTS curves of an `evaluate_dirs(..., uncertainty=True)` run: Dice, FTP and FTN ratios vs threshold τ (mean over cases, AUC in the legend)."
@@ -301,10 +298,7 @@ def plot_uncertainty(curves: pd.DataFrame, out: Path | str | None = None, overwr
         ax.set(xlabel="threshold τ (u > τ filtered out)", ylabel=label, ylim=(-0.02, 1.02))
         ax.invert_xaxis()
         ax.legend(fontsize=8)
-    if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_fig(fig, out, overwrite)
-    return fig
+    return finish_figure(fig, out, overwrite, title, fontsize=10)
 
 # %% ../nbs/11_evaluate.ipynb #a16f723c
 def prefix_scores(members: Iterable[np.ndarray], truth: np.ndarray, spacing: float | Sequence[float] = 1.0,
@@ -408,10 +402,7 @@ def plot_ensemble(df: pd.DataFrame, hue: str | None = None, out: Path | str | No
         sns.lineplot(data=df, x="n", y=m, hue=hue, marker="o", errorbar="se", ax=ax)
         ax.set(xlabel="ensemble size", ylabel=label)
         ax.set_xticks(sorted(df["n"].unique()))
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    save_fig(fig, out, overwrite)
-    return fig
+    return finish_figure(fig, out, overwrite, title)
 
 def plot_grid(df: pd.DataFrame, out: Path | str | None = None, overwrite: bool = False, title: str | None = None):
     "Heatmaps of mean Dice and HD95 over (sampling steps, ensemble size), one row per solver: the paper's Figure 5."
@@ -424,10 +415,7 @@ def plot_grid(df: pd.DataFrame, out: Path | str | None = None, overwrite: bool =
         for ax, m, cmap, fmt in zip(row, ("dice", "hd95"), ("viridis", "viridis_r"), (".3f", ".1f")):
             sns.heatmap(mean[m].unstack("n"), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws=dict(size=7))
             ax.set(xlabel="ensemble size", ylabel="sampling steps", title=f"{solver}: mean {'Dice' if m == 'dice' else 'HD95 (mm)'}")
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    save_fig(fig, out, overwrite)
-    return fig
+    return finish_figure(fig, out, overwrite, title)
 
 # %% ../nbs/11_evaluate.ipynb #14be59ef
 def _axial(vol: np.ndarray, k: int) -> np.ndarray:
@@ -469,7 +457,4 @@ def qualitative_figure(pred_dir: Path | str, truth_dir: Path | str, case_ids: Se
             ax.set_xticks([]); ax.set_yticks([])
         row[0].set_ylabel(f"{cid}\nz = {k}", fontsize=8)
     for ax, c in zip(axes[0], cols): ax.set_title(c, fontsize=9)
-    if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_fig(fig, out, overwrite)
-    return fig
+    return finish_figure(fig, out, overwrite, title, fontsize=10)

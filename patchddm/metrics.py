@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .core import PatchDDMError, check_int, fmt_shape
+from .core import PatchDDMError, check_int, choose, fmt_shape
 from .data import LABEL_VALUES
 
 # %% auto #0
@@ -123,9 +123,7 @@ LABELS = {name: LabelConvention(name, vals, vals[-1]) for name, vals in LABEL_VA
 
 def label_convention(labels: str | LabelConvention) -> LabelConvention:
     "The `LabelConvention` named `labels` (a key of `LABELS`) or `labels` itself."
-    if isinstance(labels, LabelConvention): return labels
-    if labels not in LABELS: raise PatchDDMError(f"labels={labels!r}", f"unknown label convention; choose {', '.join(LABELS)}")
-    return LABELS[labels]
+    return labels if isinstance(labels, LabelConvention) else choose(labels, LABELS, "label convention")
 
 # %% ../nbs/06_metrics.ipynb #e4a167c4
 def _as_int_labels(a: np.ndarray, where: Any) -> np.ndarray:
@@ -187,9 +185,7 @@ LESION_RULES = {r.name: r for r in (LesionRules("glioma", 3, 50), LesionRules("a
 
 def lesion_rules(rules: str | LesionRules) -> LesionRules:
     "The `LesionRules` named `rules` (a key of `LESION_RULES`) or `rules` itself."
-    if isinstance(rules, LesionRules): return rules
-    if rules not in LESION_RULES: raise PatchDDMError(f"rules={rules!r}", f"unknown lesion rules; choose {', '.join(LESION_RULES)}")
-    return LESION_RULES[rules]
+    return rules if isinstance(rules, LesionRules) else choose(rules, LESION_RULES, "lesion rules")
 
 # %% ../nbs/06_metrics.ipynb #7ffd76ea
 def components(mask: Any) -> tuple[np.ndarray, int]:
