@@ -84,7 +84,8 @@ def preprocess(data_dir: Optional[Path] = typer.Argument(None, help="BraTS folde
     summary = preprocess_dataset(data_dir, out_dir, PrepConfig(size=size, spacing=spacing, seed=seed),
                                  skip_bad=skip_bad, overwrite=overwrite, progress=True)
     skipped = summary.get("skipped", [])
-    typer.echo(f"preprocess: {summary.get('n_cases', '?')} cases cached in {out_dir}"
+    reused = f" ({summary['reused']} of them finished by an interrupted run)" if summary.get("reused") else ""
+    typer.echo(f"preprocess: {summary.get('n_cases', '?')} cases cached in {out_dir}{reused}"
                + (f"; skipped {len(skipped)}: " + ", ".join(str(x) for x in skipped) if skipped else ""))
 
 # %% ../nbs/15_cli.ipynb #e2cc3518
@@ -164,7 +165,7 @@ def view(case_dir: Path = typer.Argument(..., help="a BraTS-layout case folder")
 @cli_errors
 def segment(run: Path = typer.Argument(..., help="a training run folder (uses best.pt) or a checkpoint file"),
             input: Path = typer.Argument(..., help="a BraTS case folder or a folder of case folders (raw NIfTI)"),
-            out_dir: Path = typer.Argument(..., help="prediction folder: OUT/<case_id>/{mask,prob,var}.nii.gz"),
+            out_dir: Path = typer.Argument(..., help="prediction folder: OUT/<case_id>/{mask,prob,var}.nii.gz (+ labels.nii.gz for a region run)"),
             steps: int = typer.Option(20, help="sampling steps"),
             solver: str = typer.Option("ddim", help="ddim | dpm++2m | heun | ddpm"),
             ensemble: int = typer.Option(5, help="ensemble members per case (member k uses seed + k)"),
@@ -247,6 +248,7 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
          patch: Optional[int] = typer.Option(None, help="training patch edge (default: 32)"),
          train_steps: Optional[int] = typer.Option(None, "--steps", "--train-steps", help="training steps (default: the demo's, 5000)"),
          flip: Optional[bool] = typer.Option(None, help="left–right mirroring augmentation (default: off)"),
+         target: Optional[str] = typer.Option(None, help="wt (whole tumour, default) | regions (WT, TC, ET and a BraTS label map)"),
          set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of a TrainConfig setting, a JSON value (repeatable)"),
          sample_steps: Optional[int] = typer.Option(None, help="DDIM steps at test time (default: 2)"),
          ensemble: Optional[int] = typer.Option(None, help="ensemble members per test case (default: 5)"),
@@ -257,7 +259,7 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
     "Run the main job on the embedded data: phantoms → cache → train → segment → evaluate → report."
     from patchddm.demo import DemoConfig, run_demo
     train = parse_sets(set_)
-    flags = {k: v for k, v in dict(preset=preset, patch=patch, steps=train_steps, flip=flip).items() if v is not None}
+    flags = {k: v for k, v in dict(preset=preset, patch=patch, steps=train_steps, flip=flip, target=target).items() if v is not None}
     twice = sorted(set(flags) & set(train))
     if twice: raise PatchDDMError(f"--set {twice[0]}", "given twice: with --set and as its own option")
     given = dict(n_cases=n_cases, resolution=resolution, sample_steps=sample_steps, ensemble=ensemble, window=window, seed=seed)

@@ -4,19 +4,21 @@
 
 # %% ../nbs/00_core.ipynb #42e9def7
 from __future__ import annotations
-import configparser, contextlib, json, os, random, shutil, sys, tempfile, uuid
+import configparser, contextlib, errno, functools, inspect, json, os, random, shutil, socket, sys, tempfile, time, uuid
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PatchDDMError', 'Settings', 'find_settings_file', 'load_settings', 'atomic_path', 'save_json', 'save_torch',
+__all__ = ['DISK_FULL_ERRNOS', 'DISK_FULL_HINT', 'LOCK_FILE', 'PatchDDMError', 'Settings', 'find_settings_file', 'load_settings',
+           'DiskFullError', 'as_disk_full', 'disk_errors', 'ErrnoWriter', 'atomic_path', 'save_json', 'save_torch',
            'prepare_output_dir', 'read_json', 'check_new_file', 'check_output_dir', 'temp_dir_beside', 'replace_dir',
-           'save_fig', 'finish_figure', 'choose', 'fmt_shape', 'check_int', 'stderr_line', 'seed_everything',
-           'pick_device', 'cpu_has_bf16', 'check_amp', 'autocast', 'model_device', 'parse_devices']
+           'check_writable', 'acquire_lock', 'release_lock', 'holds_lock', 'save_fig', 'finish_figure', 'choose',
+           'fmt_shape', 'check_int', 'stderr_line', 'seed_everything', 'pick_device', 'cpu_has_bf16', 'check_amp',
+           'autocast', 'model_device', 'parse_devices']
 
 # %% ../nbs/00_core.ipynb #49aae864
 class PatchDDMError(Exception):
@@ -84,24 +86,70 @@ def load_settings(path: Path | str | None = None, env: dict | None = None, **fla
         setattr(s, n, p if p.is_absolute() else root / p)
     return s
 
+# %% ../nbs/00_core.ipynb #89d33d39
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DISK_FULL_HINT = "nothing was written under this name; free some space, then run the command again"
+
+class DiskFullError(PatchDDMError):
+    "The disk, a quota or a file-size limit ran out while writing `where`; one line: `<where>: disk full (<reason>); <hint>`."
+    def __init__(self, where: Any, reason: str = os.strerror(errno.ENOSPC), hint: str = DISK_FULL_HINT):
+        self.where, self.reason, self.hint = where, reason, hint
+        super().__init__(where, f"disk full ({reason}); {hint}")
+
+# %% ../nbs/00_core.ipynb #0064e12a
+def as_disk_full(err: BaseException, where: Any = None, hint: str | None = None) -> DiskFullError | None:
+    "`err` as a `DiskFullError` naming `where` (default: the file it names) with `hint` (unless `err` has its own) when it is one or an ENOSPC/EFBIG/EDQUOT `OSError`, else None."
+    if isinstance(err, DiskFullError): reason, named, old_hint = err.reason, err.where, err.hint
+    elif isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        reason, named, old_hint = os.strerror(err.errno), err.filename, DISK_FULL_HINT
+    else: return None
+    where = where if where is not None else named if named is not None else "output"
+    return DiskFullError(where, reason, old_hint if old_hint != DISK_FULL_HINT else hint or old_hint)
+
+# %% ../nbs/00_core.ipynb #0e6b7fdf
+@contextlib.contextmanager
+def disk_errors(where: Any = None, hint: str | None = None) -> Iterator[None]:
+    "Inside the block, a full disk (`OSError` ENOSPC/EFBIG/EDQUOT or a `DiskFullError`) is raised as `DiskFullError(where, ..., hint)`."
+    try: yield
+    except (OSError, DiskFullError) as e:
+        full = as_disk_full(e, where, hint)
+        if full is None: raise
+        raise full from None
+
+# %% ../nbs/00_core.ipynb #7c8ba71e
+class ErrnoWriter:
+    "Write-only view of a binary file that remembers its `OSError`: `torch.save` and `np.save` would hide the errno."
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        "Write `data` (bytes-like) to the file; an `OSError` is kept in `self.error` and raised."
+        try: return self.fh.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None: self.fh.flush()
+
 # %% ../nbs/00_core.ipynb #3cc2e684
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    "Yield a temporary path beside `path`; on success fsync it and rename it onto `path`, else delete it."
+    "Yield a temporary path beside `path`; on success fsync it and rename it onto `path`, else delete it (a full disk: `DiskFullError` naming `path`)."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh: os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(dfd)
-        finally: os.close(dfd)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh: os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try: os.fsync(dfd)
+            finally: os.close(dfd)
+        finally:
+            if tmp.exists(): tmp.unlink()
 
 def save_json(obj: Any, path: Path | str) -> Path:
     "Write `obj` as indented JSON to `path` atomically."
@@ -109,8 +157,13 @@ def save_json(obj: Any, path: Path | str) -> Path:
     return Path(path)
 
 def save_torch(obj: Any, path: Path | str) -> Path:
-    "`torch.save` `obj` to `path` atomically (checkpoints survive a kill mid-write)."
-    with atomic_path(path) as tmp: torch.save(obj, tmp)
+    "`torch.save` `obj` to `path` atomically (checkpoints survive a kill mid-write; a full disk is a `DiskFullError`)."
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        out = ErrnoWriter(fh)
+        try: torch.save(obj, out)
+        except RuntimeError:
+            if out.error is None: raise
+            raise out.error from None
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #0a6ae4d4
@@ -125,7 +178,7 @@ def prepare_output_dir(path: Path | str, overwrite: bool = False, allow_existing
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_core.ipynb #fc213841
+# %% ../nbs/00_core.ipynb #7c40345e
 def read_json(path: Path | str, what: str = "JSON file", hint: str = "") -> Any:
     "The parsed JSON at `path`; missing or unreadable is a one-line error naming `what` (and `hint`, if given)."
     path = Path(path)
@@ -142,7 +195,7 @@ def check_new_file(path: Path | str | None, overwrite: bool = False) -> Path | N
     if p.exists() and not overwrite: raise PatchDDMError(p, "exists (pass --overwrite to replace it)")
     return p
 
-# %% ../nbs/00_core.ipynb #f244f663
+# %% ../nbs/00_core.ipynb #f45fa581
 def check_output_dir(out_dir: Path | str, overwrite: bool = False, inputs: Sequence[Path | str] = ()) -> Path:
     "Refuse `out_dir` when it is a file, lies inside one of `inputs` (or is one), or is a non-empty folder without `overwrite`."
     out_dir = Path(out_dir)
@@ -175,7 +228,125 @@ def replace_dir(tmp: Path | str, final: Path | str, overwrite: bool = True) -> P
     if old is not None: shutil.rmtree(old, ignore_errors=True)
     return final
 
-# %% ../nbs/00_core.ipynb #21c1467a
+# %% ../nbs/00_core.ipynb #0e600523
+def check_writable(path: Path | str) -> Path:
+    "Refuse (one line) an output folder `path`, existing or not, that cannot be written: a probe file in its nearest existing folder."
+    path = Path(path)
+    base = path.absolute()
+    while not base.exists() and base != base.parent: base = base.parent
+    if not base.is_dir():
+        raise PatchDDMError(path, "exists and is not a folder" if base == path.absolute() else f"cannot be created: {base} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".patchddm-write-probe-", dir=base)
+        os.close(fd); os.unlink(probe)
+    except OSError as e:
+        where = "this folder" if base == path.absolute() else str(base)
+        raise PatchDDMError(path, f"cannot write into {where} ({e.strerror}); choose a writable folder or change its permissions") from None
+    return path
+
+# %% ../nbs/00_core.ipynb #c3a6132e
+LOCK_FILE = ".lock"
+_HELD: set[str] = set()                  # tokens of the locks this process holds
+
+def _proc_stat(pid: int) -> list[str] | None:
+    "Fields 3… of /proc/PID/stat (state first, start time at index 19), None if there is no such process."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return None
+
+def _pid_alive(pid: int) -> bool:
+    "True when process `pid` exists on this host and is not a zombie."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    st = _proc_stat(pid)
+    return st is None or st[0] != "Z"
+
+def _read_lock(lock: Path) -> dict | None:
+    "The lock file's JSON ({} when unreadable, e.g. still being written), None when there is none."
+    try: info = json.loads(lock.read_text())
+    except FileNotFoundError: return None
+    except (OSError, ValueError): return {}
+    return info if isinstance(info, dict) else {}
+
+def _lock_is_stale(lock: Path, info: dict) -> bool:
+    "True when the owner of lock `info` is gone: dead or reused PID on this host; an unreadable lock older than a minute."
+    if not info:
+        try: return time.time() - lock.stat().st_mtime > 60
+        except FileNotFoundError: return True
+    if info.get("host") != socket.gethostname(): return False           # another machine: cannot tell
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0: return True
+    if pid == os.getpid(): return info.get("token") not in _HELD
+    if not _pid_alive(pid): return True
+    st = _proc_stat(pid)
+    return info.get("start") is not None and st is not None and st[19] != str(info["start"])
+
+def _take_over(lock: Path, info: dict) -> None:
+    "Move the stale lock `info` aside and delete it; put it back if another run replaced it meanwhile."
+    aside = lock.with_name(f"{lock.name}.stale-{uuid.uuid4().hex[:8]}")
+    try: os.rename(lock, aside)
+    except FileNotFoundError: return
+    if _read_lock(aside) != info:
+        with contextlib.suppress(FileExistsError): os.link(aside, lock)
+    aside.unlink()
+
+def _lock_message(lock: Path, info: dict) -> str:
+    if not info: return f"is being locked by another run ({lock} is still being written); try again in a minute"
+    return (f"in use by another {info.get('what', 'run')} (pid {info.get('pid')} on {info.get('host')} since "
+            f"{info.get('since')}); wait for it to finish, or delete {lock} if that run is gone")
+
+def acquire_lock(folder: Path | str, what: str = "patchddm run") -> str:
+    "Create `folder` if needed and its lock file `.lock` (PID, host, start time, token) → the token; a live lock is a one-line error, a stale one is taken over."
+    folder = Path(folder)
+    check_writable(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, token = folder / LOCK_FILE, uuid.uuid4().hex
+    st = _proc_stat(os.getpid())
+    mine = dict(pid=os.getpid(), host=socket.gethostname(), start=int(st[19]) if st else None, what=what,
+                since=time.strftime("%Y-%m-%d %H:%M:%S"), token=token)
+    for _ in range(10):
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = _read_lock(lock)
+            if info is None: continue
+            if not _lock_is_stale(lock, info): raise PatchDDMError(folder, _lock_message(lock, info))
+            _take_over(lock, info); continue
+        try:
+            with disk_errors(lock), os.fdopen(fd, "w") as fh: json.dump(mine, fh)
+        except BaseException:
+            lock.unlink(missing_ok=True); raise
+        _HELD.add(token)
+        return token
+    raise PatchDDMError(lock, "could not take over this stale lock (other runs keep racing for it); try again")
+
+# %% ../nbs/00_core.ipynb #0633fd95
+def release_lock(folder: Path | str, token: str, remove_empty: bool = False) -> bool:
+    "Delete `folder/.lock` if it still holds `token` (then also the empty `folder` with `remove_empty`) → whether it did."
+    folder, lock = Path(folder), Path(folder) / LOCK_FILE
+    _HELD.discard(token)
+    info = _read_lock(lock)
+    if not info or info.get("token") != token: return False
+    lock.unlink(missing_ok=True)
+    if remove_empty and folder.is_dir() and not any(folder.iterdir()): folder.rmdir()
+    return True
+
+# %% ../nbs/00_core.ipynb #2190b3a2
+def holds_lock(arg: str, what: str = "patchddm run") -> Callable:
+    "Decorator: the function runs holding the lock of the folder given as its argument `arg` (`acquire_lock`), released when it returns or raises."
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs); bound.apply_defaults()
+            folder = Path(bound.arguments[arg])
+            created = not folder.exists()
+            token = acquire_lock(folder, what)
+            try: return fn(*args, **kwargs)
+            finally: release_lock(folder, token, remove_empty=created)
+        return locked
+    return deco
+
+# %% ../nbs/00_core.ipynb #cfa49f67
 def save_fig(fig, out: Path | str | None, overwrite: bool = False, dpi: int = 130) -> Path | None:
     "Save a matplotlib figure atomically (format from the suffix; nothing for `out=None`), refusing to replace a file unless `overwrite`."
     out = check_new_file(out, overwrite)
@@ -234,7 +405,7 @@ def cpu_has_bf16() -> bool:
     except OSError: return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
-# %% ../nbs/00_core.ipynb #70f01781
+# %% ../nbs/00_core.ipynb #045e75f9
 def check_amp(amp: str) -> str:
     "`amp` if it is 'none', 'bf16' or 'fp16' (the resolved mixed-precision choices), else a one-line error."
     if amp not in ("none", "bf16", "fp16"): raise PatchDDMError(f"amp {amp!r}", "choose none, bf16 or fp16")

@@ -14,13 +14,14 @@ import nibabel as nib
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
-from .core import PatchDDMError, atomic_path, check_output_dir, fmt_shape, read_json, replace_dir, save_json, temp_dir_beside
+from .core import PatchDDMError, ErrnoWriter, as_disk_full, atomic_path, check_output_dir, check_writable, fmt_shape, read_json, replace_dir, save_json, temp_dir_beside
 
 # %% auto #0
-__all__ = ['SEQUENCES', 'LABEL_VALUES', 'AFFINE_TOL', 'PREP_FORMAT', 'CaseFiles', 'find_case', 'find_cases', 'CaseHeader',
-           'check_case', 'RawCase', 'load_case', 'normalize_percentiles', 'pad_amounts', 'pad_to_cube', 'unpad',
-           'resampled_shape', 'resample', 'PrepConfig', 'preprocess_case', 'prepare_case', 'restore_geometry',
-           'save_nifti', 'make_splits', 'preprocess_dataset', 'PreparedDataset', 'suggest_size']
+__all__ = ['SEQUENCES', 'LABEL_VALUES', 'AFFINE_TOL', 'REGIONS', 'TARGETS', 'CACHE_LABELS', 'PREP_FORMAT', 'CaseFiles',
+           'find_case', 'find_cases', 'CaseHeader', 'check_case', 'RawCase', 'load_case', 'normalize_percentiles',
+           'pad_amounts', 'pad_to_cube', 'unpad', 'resampled_shape', 'resample', 'PrepConfig', 'preprocess_case',
+           'prepare_case', 'restore_geometry', 'save_nifti', 'region_labels', 'label_regions', 'target_channels',
+           'regions_to_labels', 'make_splits', 'preprocess_dataset', 'PreparedDataset', 'cache_spacing', 'suggest_size']
 
 # %% ../nbs/01_data.ipynb #a850dde0
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
@@ -326,24 +327,26 @@ def prepare_case(case: Path | str | CaseFiles, cfg: PrepConfig | None = None) ->
 
 # %% ../nbs/01_data.ipynb #2c08080d
 def restore_geometry(volume: np.ndarray, meta: dict, order: int | None = None) -> np.ndarray:
-    "Map a (S, S, S) volume on the preprocessed cube back to the case's original (X, Y, Z) grid."
+    "Map a (S, S, S) volume, or channels (K, S, S, S), on the preprocessed cube back to the case's original grid (X, Y, Z)."
     vol = np.asarray(volume)
     S = int(meta["size"])
-    if vol.shape != (S, S, S):
+    if vol.ndim not in (3, 4) or vol.shape[-3:] != (S, S, S):
         raise PatchDDMError(f"case {meta.get('case_id')}", f"volume of shape {fmt_shape(vol.shape)} is not the preprocessed {S}³ cube")
     vol = unpad(vol, meta["pad"])
     if meta.get("target_spacing"):
         if order is None: order = 0 if vol.dtype.kind in "biu" else 1
         if vol.dtype == bool: vol = vol.astype(np.uint8)
-        vol = resample(vol, [meta["target_spacing"]] * 3, meta["spacing"], meta["shape"], order=order)
+        back = lambda v: resample(v, [meta["target_spacing"]] * 3, meta["spacing"], meta["shape"], order=order)
+        vol = back(vol) if vol.ndim == 3 else np.stack([back(v) for v in vol])
     return vol
 
 def save_nifti(volume: np.ndarray, meta: dict, path: Path | str, dtype: Any = np.uint8) -> Path:
-    "Write a (X, Y, Z) volume in the original grid, or a (S, S, S) one on the cube (restored first), as NIfTI at `path`."
+    "Write a (X, Y, Z) volume or channels (K, X, Y, Z) in the original grid (on the cube: restored first) as NIfTI at `path`; channels → 4th axis (X, Y, Z, K)."
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")): raise PatchDDMError(path, "output must end in .nii or .nii.gz")
     vol = np.asarray(volume)
-    if vol.shape != tuple(meta["shape"]): vol = restore_geometry(vol, meta)
+    if vol.shape[-3:] != tuple(meta["shape"]): vol = restore_geometry(vol, meta)
+    if vol.ndim == 4: vol = np.moveaxis(vol, 0, -1)                              # NIfTI's 4th dimension
     dtype = np.dtype(dtype)
     if dtype.kind in "biu" and vol.dtype.kind == "f": vol = np.rint(vol)
     hdr = None
@@ -352,10 +355,53 @@ def save_nifti(volume: np.ndarray, meta: dict, path: Path | str, dtype: Any = np
     img = nib.Nifti1Image(vol.astype(dtype), np.asarray(meta["affine"], float), header=hdr)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
+    if vol.ndim == 4: img.header.set_zooms((*img.header.get_zooms()[:3], 1.0))
     data = img.to_bytes()
     if path.name.lower().endswith(".gz"): data = gzip.compress(data, compresslevel=6, mtime=0)
     with atomic_path(path) as tmp: tmp.write_bytes(data)
     return path
+
+# %% ../nbs/01_data.ipynb #ae0d7a53
+REGIONS = ("WT", "TC", "ET")
+"The BraTS tumour regions, nested ET ⊂ TC ⊂ WT: whole tumour, tumour core, enhancing tumour."
+
+TARGETS: dict[str, tuple[str, ...]] = {"wt": ("WT",), "regions": REGIONS}
+"What a network segments, as its output channels: `wt` the whole tumour (the paper), `regions` WT, TC and ET."
+
+CACHE_LABELS = "brats2020"
+"The label convention of every cached labels.npy (a BraTS 2023 case's enhancing label 3 is stored as 4)."
+
+def _enhancing(naming: str) -> int:
+    "The enhancing-tumour label of `naming` (4, or 3 for brats2023); an unknown naming is a one-line error."
+    if naming not in LABEL_VALUES:
+        raise PatchDDMError(f"label convention {naming!r}", f"unknown; choose one of {', '.join(LABEL_VALUES)}")
+    return LABEL_VALUES[naming][-1]
+
+def region_labels(naming: str = "brats2020") -> dict[str, tuple[int, ...]]:
+    "Region → the labels it is made of in `naming`'s convention: WT = (1, 2, E), TC = (1, E), ET = (E,), E = 4 (3 in brats2023)."
+    e = _enhancing(naming)
+    return {"WT": (1, 2, e), "TC": (1, e), "ET": (e,)}
+
+def label_regions(labels: np.ndarray, naming: str = "brats2020") -> np.ndarray:
+    "A BraTS label map (X, Y, Z) → its region channels (3, X, Y, Z) bool in WT, TC, ET order."
+    lab = np.asarray(labels)
+    return np.stack([np.isin(lab, v) for v in region_labels(naming).values()])
+
+def target_channels(labels: np.ndarray, target: str = "wt", naming: str = "brats2020") -> np.ndarray:
+    "A label map (X, Y, Z) → the binary channels (K, X, Y, Z) uint8 a `target` network learns (K = len(TARGETS[target]))."
+    if target not in TARGETS: raise PatchDDMError(f"target {target!r}", f"unknown target; choose one of {', '.join(TARGETS)}")
+    regions = dict(zip(REGIONS, label_regions(labels, naming)))
+    return np.stack([regions[r] for r in TARGETS[target]]).astype(np.uint8)
+
+def regions_to_labels(regions: np.ndarray, naming: str = "brats2020") -> np.ndarray:
+    "Region channels (3, X, Y, Z) in WT, TC, ET order (bool, 0/1, or probabilities cut at 0.5) → a nested label map (X, Y, Z) uint8 in `naming`'s labels."
+    r = np.asarray(regions)
+    if r.ndim < 2 or r.shape[0] != 3:
+        raise PatchDDMError("regions_to_labels", f"expected channels (3, X, Y, Z) in WT, TC, ET order, got shape {fmt_shape(r.shape)}")
+    wt, tc, et = (r > 0.5) if r.dtype.kind == "f" else r.astype(bool)
+    out = np.zeros(r.shape[1:], np.uint8)
+    out[wt], out[tc], out[et] = 2, 1, _enhancing(naming)                   # the innermost region claiming a voxel wins
+    return out
 
 # %% ../nbs/01_data.ipynb #ba8646b4
 def make_splits(case_ids: Sequence[str], seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict:
@@ -380,7 +426,35 @@ def _bad_summary(bad: list[PatchDDMError], n: int) -> PatchDDMError:
     return PatchDDMError(f"{bad[0]} [{more}; skip bad cases with --skip-bad]")
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as fh: np.save(fh, arr)
+    with open(path, "wb") as fh: np.save(ErrnoWriter(fh), arr)          # a full disk keeps its errno
+
+# %% ../nbs/01_data.ipynb #107ed949
+_PARTIAL_INFO = "partial.json"
+
+def _prep_partial(out_dir: Path, data_dir: Path, cfg: PrepConfig) -> tuple[Path, list[str]]:
+    "The folder to build the cache in: an interrupted run's `.OUT.partial-*` with the same data and settings (its finished cases reused), else a new one → (folder, reused case ids)."
+    want = json.loads(json.dumps(dict(format=PREP_FORMAT, config=cfg.to_dict(), data_dir=str(data_dir.resolve()))))
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.partial-*")):
+        try: info = json.loads((old / _PARTIAL_INFO).read_text())
+        except (OSError, ValueError): info = None
+        if info != want: shutil.rmtree(old, ignore_errors=True); continue      # left by a killed run with other settings
+        done = []
+        for d in sorted((old / "cases").glob("*")):
+            if (d / "meta.json").is_file(): done.append(d.name)                 # meta.json is a case's last file
+            else: shutil.rmtree(d, ignore_errors=True)
+        return old, done
+    tmp = temp_dir_beside(out_dir)
+    save_json(want, tmp / _PARTIAL_INFO)
+    return tmp, []
+
+def _partial_failed(err: BaseException, tmp: Path, out_dir: Path) -> BaseException:
+    "After building the cache in `tmp` failed with `err`: keep `tmp` after a full disk (→ `DiskFullError` naming `out_dir`) or an interrupt, else delete it → the error to raise."
+    n = len(list((tmp / "cases").glob("*/meta.json")))
+    hint = (f"{n} finished case(s) are kept in {tmp.name} beside it for the next run (an existing cache is unchanged); "
+            "free space, then run the same command again")
+    full = as_disk_full(err, out_dir, hint) if isinstance(err, Exception) else None
+    if full is None and not isinstance(err, KeyboardInterrupt): shutil.rmtree(tmp, ignore_errors=True)
+    return full or err
 
 # %% ../nbs/01_data.ipynb #e392836b
 def preprocess_dataset(data_dir: Path | str, out_dir: Path | str, cfg: PrepConfig | None = None, skip_bad: bool = False,
@@ -390,6 +464,7 @@ def preprocess_dataset(data_dir: Path | str, out_dir: Path | str, cfg: PrepConfi
     cfg = cfg or PrepConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_output_dir(out_dir, overwrite, inputs=[data_dir])
+    check_writable(out_dir)
     cases, bad = find_cases(data_dir, exclude=[out_dir])
     n_total = len(cases) + len(bad)
     headers = []
@@ -401,10 +476,11 @@ def preprocess_dataset(data_dir: Path | str, out_dir: Path | str, cfg: PrepConfi
             headers.append(check_case(cf, cfg))
         except PatchDDMError as e: bad.append(e)
     if bad and not skip_bad: raise _bad_summary(bad, n_total)
-    tmp = temp_dir_beside(out_dir)
+    tmp, reused = _prep_partial(out_dir, data_dir, cfg)
     try:
         done, failed = [], False
         for hdr in tqdm(headers, desc="preprocess", unit="case", disable=None if progress else True, leave=False):  # 2. voxels
+            if hdr.files.case_id in reused: done.append(hdr.files.case_id); continue  # finished by an interrupted run
             try:
                 raw = load_case(hdr)
                 if failed: continue                                              # only counting bad cases now
@@ -422,12 +498,12 @@ def preprocess_dataset(data_dir: Path | str, out_dir: Path | str, cfg: PrepConfi
         splits = make_splits(done, cfg.seed, cfg.fractions)
         save_json(splits, tmp / "splits.json")
         skipped = [str(e) for e in bad]
-        save_json(dict(format=PREP_FORMAT, config=cfg.to_dict(), data_dir=str(data_dir.resolve()), cases=done,
+        save_json(dict(format=PREP_FORMAT, config=cfg.to_dict(), labels=CACHE_LABELS, data_dir=str(data_dir.resolve()), cases=done,
                        skipped=skipped), tmp / "prep.json")                      # written last
+        (tmp / _PARTIAL_INFO).unlink(missing_ok=True)
         replace_dir(tmp, out_dir, overwrite)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return dict(out_dir=str(out_dir), n_cases=len(done), cases=done, skipped=skipped,
+    except BaseException as e: raise _partial_failed(e, tmp, out_dir) from None
+    return dict(out_dir=str(out_dir), n_cases=len(done), cases=done, skipped=skipped, reused=len(reused),
                 splits={k: len(splits[k]) for k in ("train", "val", "test")}, seconds=round(time.time() - t0, 2))
 
 # %% ../nbs/01_data.ipynb #f76b1ffb
@@ -491,6 +567,13 @@ class PreparedDataset:
     def labels(self, case_id: str) -> np.ndarray:
         "Memmap of the case's BraTS labels (S, S, S) uint8 in {0, 1, 2, 4}."
         return self._array(case_id, "labels.npy", (self.size,) * 3, np.uint8)
+
+# %% ../nbs/01_data.ipynb #86c10aa6
+def cache_spacing(ds: PreparedDataset, tol: float = 1e-3) -> float | None:
+    "Isotropic voxel size (mm) of a cache's volumes: its `spacing` setting, else its cases' common native spacing; None if they differ or are anisotropic."
+    if ds.config.spacing: return float(ds.config.spacing)
+    sps = np.array([ds.meta(c)["spacing"] for c in ds.case_ids], dtype=float)          # (cases, 3)
+    return float(sps[0, 0]) if np.ptp(sps) <= tol else None
 
 # %% ../nbs/01_data.ipynb #8b31c8c4
 def suggest_size(data_dir: Path | str, spacing: float | None = None, multiple: int = 64) -> int:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .core import PatchDDMError, prepare_output_dir, save_json
+from .core import PatchDDMError, atomic_path, check_writable, disk_errors, prepare_output_dir, save_json
 from .phantoms import PHANTOM_SIZES, write_phantoms
 from .data import PreparedDataset, PrepConfig, preprocess_dataset
 from .train import TrainConfig, train
@@ -17,8 +17,8 @@ from .evaluate import evaluate_dirs, member_study, summarize
 from .predict import segment
 
 # %% auto #0
-__all__ = ['TRAIN_RESERVED', 'DEMO_TRAIN', 'TEMPLATES', 'train_overrides', 'flat_settings', 'DemoConfig', 'template_path',
-           'stage_data', 'stage_train', 'stage_segment', 'stage_evaluate', 'stage_report', 'run_demo']
+__all__ = ['TRAIN_RESERVED', 'DEMO_TRAIN', 'TEMPLATES', 'REPORT_FULL_HINT', 'train_overrides', 'flat_settings', 'DemoConfig',
+           'template_path', 'stage_data', 'stage_train', 'stage_segment', 'stage_evaluate', 'stage_report', 'run_demo']
 
 # %% ../nbs/13_demo.ipynb #7c2d9a14
 TRAIN_RESERVED = ("prep_dir", "run_dir", "mode", "seed")
@@ -164,30 +164,41 @@ def stage_segment(cfg: DemoConfig, run: Path, raw: Path, prep: Path, out: Path, 
          f"in {time.time() - t0:.0f} s → {pred}", quiet)
     return pred, test
 
+def _numbers(row: "pd.Series") -> dict:
+    "A summary row as a JSON-ready dict (numbers as floats)."
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.to_dict().items()}
+
 def stage_evaluate(cfg: DemoConfig, pred: Path, test: Path, out: Path, quiet: bool = False) -> dict:
-    "Dice/HD95 per test case (metrics.csv) and against ensemble size (ensemble.csv) → summary dict."
+    "Dice/HD95 per test case and region (metrics.csv) and against ensemble size (ensemble.csv) → summary dict (WT; a region run adds `regions`)."
     t0 = time.time()
     df = evaluate_dirs(pred, test, out / "metrics.csv", overwrite=True, progress=False)
     ens = member_study(pred, test, out / "ensemble.csv", overwrite=True, progress=False)
-    sm = summarize(df).iloc[0].to_dict()
-    _say(f"[5/6] evaluate: test Dice {sm['dice_mean']:.3f} ± {sm['dice_std']:.3f}, HD95 {sm['hd95_mean']:.2f} ± "
-         f"{sm['hd95_std']:.2f} mm over {int(sm['n'])} cases in {time.time() - t0:.1f} s → {out / 'metrics.csv'}", quiet)
-    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in sm.items()}
+    regions = {r: _numbers(row) for r, row in summarize(df, by="region").iterrows()}
+    sm, many = regions["WT"], len(regions) > 1
+    dice = ", ".join(f"{r + ' ' if many else ''}{v['dice_mean']:.3f} ± {v['dice_std']:.3f}" for r, v in regions.items())
+    _say(f"[5/6] evaluate: test Dice {dice}, HD95 {'WT ' if many else ''}"
+         f"{sm['hd95_mean']:.2f} ± {sm['hd95_std']:.2f} mm over {int(sm['n'])} cases in {time.time() - t0:.1f} s → {out / 'metrics.csv'}", quiet)
+    return {**sm, "regions": regions} if many else sm
 
 # %% ../nbs/13_demo.ipynb #e292d611
+REPORT_FULL_HINT = "the results and the previous report are kept; free space, then run the same command again (finished stages are reused)"
+
 def stage_report(out: Path, quiet: bool = False, kernel: str = "python3") -> Path:
     "Execute the report notebook on OUT with papermill, then write OUT/report.html → report notebook path."
     import papermill as pm, nbformat
     from nbconvert import HTMLExporter
     t0 = time.time()
-    nb_out = out / "report.ipynb"
+    nb_out, tmp_nb = out / "report.ipynb", out / f".report.partial-{os.getpid()}.ipynb"   # papermill wants an .ipynb name
     try:
-        pm.execute_notebook(str(template_path("demo_report.ipynb")), str(nb_out), parameters=dict(results_dir=str(out.resolve())),
-                            kernel_name=kernel, language="python", progress_bar=False, cwd=str(out))
+        with disk_errors(nb_out, REPORT_FULL_HINT):
+            pm.execute_notebook(str(template_path("demo_report.ipynb")), str(tmp_nb), parameters=dict(results_dir=str(out.resolve())),
+                                kernel_name=kernel, language="python", progress_bar=False, cwd=str(out))
+        html, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(tmp_nb, as_version=4))
+        with disk_errors(hint=REPORT_FULL_HINT), atomic_path(out / "report.html") as tmp: tmp.write_text(html)
+        os.replace(tmp_nb, nb_out)                                    # after its HTML: both are new, or both old
     except pm.PapermillExecutionError as e:
         raise PatchDDMError(nb_out, f"report notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
-    html, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(nb_out, as_version=4))
-    (out / "report.html").write_text(html)
+    finally: tmp_nb.unlink(missing_ok=True)
     _say(f"[6/6] report: {nb_out} and {out / 'report.html'} in {time.time() - t0:.0f} s", quiet)
     return nb_out
 
@@ -196,6 +207,7 @@ def run_demo(out_dir: Path | str, cfg: DemoConfig | None = None, overwrite: bool
              quiet: bool = False) -> dict:
     "Run every stage into `out_dir` (reusing finished stages unless `overwrite`) → summary dict (also OUT/demo.json)."
     cfg, out = cfg or DemoConfig(), Path(out_dir)
+    check_writable(out)
     prev = _read_json(out / "demo.json")
     if overwrite and out.exists(): prepare_output_dir(out, overwrite=True)
     elif prev is not None and prev.get("config") != cfg.stage_settings():

@@ -17,8 +17,8 @@ from .core import PatchDDMError
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PREDICTIONS', 'EpsFn', 'SPACINGS', 'SOLVERS', 'DEFAULT_SPACING', 'DiffusionConfig', 'beta_schedule',
-           'Diffusion', 'mask_to_x0', 'x0_to_mask', 'model_eps_fn', 'gaussian_eps_fn', 'binary_eps_fn', 'nfe',
-           'RunningStats', 'EnsembleResult']
+           'Diffusion', 'mask_to_x0', 'x0_to_mask', 'model_eps_fn', 'gaussian_eps_fn', 'binary_eps_fn',
+           'categorical_eps_fn', 'nfe', 'RunningStats', 'EnsembleResult']
 
 # %% ../nbs/05_diffusion.ipynb #009779a3
 SCHEDULES = ("linear", "cosine")
@@ -100,7 +100,7 @@ class Diffusion(nn.Module):
         return t
 
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        "x_t = √ᾱₜ·x0 + √(1−ᾱₜ)·ε (eq. 2) for x0 (B, 1, ...), t (B,) integer, ε like x0 (drawn if None)."
+        "x_t = √ᾱₜ·x0 + √(1−ᾱₜ)·ε (eq. 2) for x0 (B, K, ...), t (B,) integer, ε like x0 (drawn if None)."
         t = self._check_t(t, x0.shape[0], "q_sample")
         if eps is None: eps = _randn(x0.shape, generator, x0.device)
         t = t.to(self.device)
@@ -125,7 +125,7 @@ def x0_to_mask(x0: Tensor, threshold: float = 0.0) -> Tensor:
 EpsFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 def model_eps_fn(model: Callable[[Tensor, Tensor], Tensor]) -> EpsFn:
-    "Wrap `model(x, t)` as `eps_fn(x_t (B,1,...), t (B,), cond (B,C,...) or None) = model(cat([cond, x_t], 1), t)`."
+    "Wrap `model(x, t)` as `eps_fn(x_t (B,K,...), t (B,), cond (B,C,...) or None) = model(cat([cond, x_t], 1), t)`."
     def eps_fn(x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         x = x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], 1)
         return model(x, t)
@@ -140,24 +140,40 @@ def gaussian_eps_fn(diff: Diffusion, mu: float | Tensor, sigma: float | Tensor) 
     return eps_fn
 
 def binary_eps_fn(diff: Diffusion, p: float | Tensor | None = None) -> EpsFn:
-    "Optimal ε(x_t (B,1,...), t (B,), cond) for x0 ∈ {−1,+1}, P(+1) = p (or p = cond[:, :1] when p is None)."
+    "Optimal ε(x_t (B,K,...), t (B,), cond) for independent x0 ∈ {−1,+1}, P(+1) = p (or p = cond[:, :K] when p is None)."
     def eps_fn(x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        q = cond[:, :1] if p is None else torch.as_tensor(p, dtype=x_t.dtype, device=x_t.device)
+        q = cond[:, :x_t.shape[1]] if p is None else torch.as_tensor(p, dtype=x_t.dtype, device=x_t.device)
         prior = torch.atanh((2 * q.to(x_t.dtype) - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         ab = _bcast(diff.alpha_bar[t.to(diff.device)].to(x_t.device), x_t)
         x0_mean = torch.tanh(ab.sqrt() / (1 - ab) * x_t + prior)
         return (x_t - ab.sqrt() * x0_mean) / (1 - ab).sqrt()
     return eps_fn
 
+# %% ../nbs/05_diffusion.ipynb #5e7ddb30
+def categorical_eps_fn(diff: Diffusion, values: Tensor, p: Tensor | None = None) -> EpsFn:
+    "Optimal ε(x_t (B,K,...), t (B,), cond) for x0 equal per voxel to one of the rows of `values` (M, K), with probabilities p (B,M,...) (or cond[:, :M])."
+    v = torch.as_tensor(values, dtype=torch.float32)
+    if v.dim() != 2: raise PatchDDMError("categorical_eps_fn", f"values must be (M, K), got shape {tuple(v.shape)}")
+    def eps_fn(x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if x_t.shape[1] != v.shape[1]: raise PatchDDMError("categorical_eps_fn", f"x_t has {x_t.shape[1]} channels, values {v.shape[1]}")
+        q = cond[:, :v.shape[0]] if p is None else torch.as_tensor(p, dtype=x_t.dtype, device=x_t.device)
+        vv, ab = v.to(x_t.device, x_t.dtype), _bcast(diff.alpha_bar[t.to(diff.device)].to(x_t.device), x_t)
+        sq = (vv ** 2).sum(1).view(1, -1, *[1] * (x_t.dim() - 2))                    # |v_m|², (1, M, 1, ...)
+        logits = torch.log(q.to(x_t.dtype).clamp_min(1e-12)) + (ab.sqrt() * torch.einsum("mk,bk...->bm...", vv, x_t)
+                                                               - 0.5 * ab * sq) / (1 - ab)
+        x0_mean = torch.einsum("mk,bm...->bk...", vv, torch.softmax(logits, 1))
+        return (x_t - ab.sqrt() * x0_mean) / (1 - ab).sqrt()
+    return eps_fn
+
 # %% ../nbs/05_diffusion.ipynb #44e83a40
 def _sqrt_ab(diff: Diffusion, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    "√ᾱₜ and √(1−ᾱₜ) of t (B,), broadcast against `like` (B, 1, ...) on its device and dtype."
+    "√ᾱₜ and √(1−ᾱₜ) of t (B,), broadcast against `like` (B, K, ...) on its device and dtype."
     t = t.to(diff.device)
     return tuple(_bcast(v[t].to(like.device, like.dtype), like) for v in (diff.sqrt_alpha_bar, diff.sqrt_one_minus_alpha_bar))
 
 @patch
 def target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-    "The regression target of the network for x0, ε (B, 1, ...) and t (B,): ε, v or x0 by `cfg.prediction`."
+    "The regression target of the network for x0, ε (B, K, ...) and t (B,): ε, v or x0 by `cfg.prediction`."
     if self.cfg.prediction == "eps": return eps
     if self.cfg.prediction == "x0": return x0
     a, b = _sqrt_ab(self, t, x0)
@@ -165,7 +181,7 @@ def target(self: Diffusion, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
 
 @patch
 def output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    "ε implied by a network output `out` (B, 1, ...) at x_t (B, 1, ...) and t (B,), for `cfg.prediction`."
+    "ε implied by a network output `out` (B, K, ...) at x_t (B, K, ...) and t (B,), for `cfg.prediction`."
     if self.cfg.prediction == "eps": return out
     a, b = _sqrt_ab(self, t, out)
     if self.cfg.prediction == "v": return b * x_t + a * out
@@ -173,7 +189,7 @@ def output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tenso
 
 # %% ../nbs/05_diffusion.ipynb #6903aed2
 def _check_cond(cond: Tensor | None, shape: Sequence[int], where: str) -> None:
-    "Raise unless `cond` is None or (B, C, *spatial) matching `shape` = (B, 1, *spatial)."
+    "Raise unless `cond` is None or (B, C, *spatial) matching `shape` = (B, K, *spatial)."
     if cond is None: return
     if not isinstance(cond, Tensor) or cond.dim() != len(shape) or cond.shape[0] != shape[0] or cond.shape[2:] != tuple(shape[2:]):
         raise PatchDDMError(where, f"cond of shape {tuple(getattr(cond, 'shape', ()))} does not match the "
@@ -189,9 +205,9 @@ def _check_eps(eps: Tensor, x: Tensor, where: str = "eps_fn") -> Tensor:
 def loss(self: Diffusion, eps_fn: EpsFn, x0: Tensor, cond: Tensor | None = None,
          generator: torch.Generator | None = None, t: Tensor | None = None, return_t: bool = False,
          check_range: bool = True):
-    "Scalar ε-MSE of eq. 4 for x0 (B,1,...) in [−1,1], cond (B,C,...) or None; t (B,) drawn uniformly unless given."
-    if not isinstance(x0, Tensor) or x0.dim() < 3 or x0.shape[1] != 1:
-        raise PatchDDMError("loss", f"x0 must be (B, 1, ...), got {tuple(getattr(x0, 'shape', ()))}")
+    "Scalar ε-MSE of eq. 4 for x0 (B,K,...) in [−1,1], cond (B,C,...) or None; t (B,) drawn uniformly unless given."
+    if not isinstance(x0, Tensor) or x0.dim() < 3 or x0.shape[1] < 1:
+        raise PatchDDMError("loss", f"x0 must be (B, K, ...), got {tuple(getattr(x0, 'shape', ()))}")
     _check_cond(cond, x0.shape, "loss")
     if not torch.isfinite(x0).all(): raise PatchDDMError("loss", "x0 contains NaN or inf")
     if check_range and (x0.min() < -1 - 1e-4 or x0.max() > 1 + 1e-4):
@@ -262,8 +278,8 @@ def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int
            generator: torch.Generator | None, x_T: Tensor | None, where: str) -> tuple[Tensor, torch.Generator]:
     "x_T (float32, on cond's or the Diffusion's device) and the generator the sampler draws from."
     shape = tuple(int(s) for s in shape)
-    if len(shape) < 3 or shape[1] != 1 or min(shape) < 1:
-        raise PatchDDMError(where, f"shape must be (B, 1, *spatial), got {shape}")
+    if len(shape) < 3 or min(shape) < 1:
+        raise PatchDDMError(where, f"shape must be (B, K, *spatial) with every size ≥ 1, got {shape}")
     _check_cond(cond, shape, where)
     if generator is None: generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = x_T.device if x_T is not None else cond.device if cond is not None else self.device
@@ -276,7 +292,7 @@ def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int
 def ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
          eta: float = 0.0, seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
-    "DDIM sample x0 of `shape` (B,1,...) with `steps` evaluations of eps_fn(x_t, t, cond (B,C,...)); η=0 is deterministic."
+    "DDIM sample x0 of `shape` (B,K,...) with `steps` evaluations of eps_fn(x_t, t, cond (B,C,...)); η=0 is deterministic."
     if not eta >= 0: raise PatchDDMError("ddim", f"eta must be >= 0, got {eta}")
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
     x, gen = _start(self, cond, shape, seed, generator, x_T, "ddim")
@@ -295,7 +311,7 @@ def ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[in
 def ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int | None = None, *,
          seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
-    "Ancestral DDPM sample x0 of `shape` (B,1,...) with `steps` (default T) evaluations of eps_fn(x_t, t, cond)."
+    "Ancestral DDPM sample x0 of `shape` (B,K,...) with `steps` (default T) evaluations of eps_fn(x_t, t, cond)."
     steps = self.T if steps is None else steps
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
     x, gen = _start(self, cond, shape, seed, generator, x_T, "ddpm")
@@ -318,7 +334,7 @@ def dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequenc
              seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
              clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
              lower_order_final: bool = True):
-    "DPM-Solver++(2M) sample x0 of `shape` (B,1,...) with `steps` evaluations of eps_fn(x_t, t, cond); deterministic."
+    "DPM-Solver++(2M) sample x0 of `shape` (B,K,...) with `steps` evaluations of eps_fn(x_t, t, cond); deterministic."
     ts = self.timesteps(steps, spacing or "quadratic") + [-1]
     x, _ = _start(self, cond, shape, seed, generator, x_T, "dpm++2m")
     ev = _Evaluator(self, eps_fn, cond, clip_x0, steps, f"DPM++2M {steps}", progress, return_trajectory)
@@ -341,7 +357,7 @@ def heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[in
          seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
          lower_order_final: bool = True):
-    "Heun (Karras) sample x0 of `shape` (B,1,...) on a `steps`-point grid: `nfe('heun', steps)` evaluations of eps_fn; deterministic."
+    "Heun (Karras) sample x0 of `shape` (B,K,...) on a `steps`-point grid: `nfe('heun', steps)` evaluations of eps_fn; deterministic."
     ts = self.timesteps(steps, spacing or "uniform") + [-1]
     x, _ = _start(self, cond, shape, seed, generator, x_T, "heun")
     ev = _Evaluator(self, eps_fn, cond, clip_x0, nfe("heun", steps, lower_order_final), f"Heun {steps}", progress,
@@ -371,7 +387,7 @@ def nfe(solver: str, steps: int, lower_order_final: bool = True) -> int:
 @patch
 def sample(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], solver: str = "ddim",
            steps: int = 20, seed: int | None = 0, **kwargs):
-    "Sample x0 of `shape` (B,1,...) in [−1,1] with `solver` in ddim | ddpm | dpm++2m | heun; kwargs go to the solver."
+    "Sample x0 of `shape` (B,K,...) in [−1,1] with `solver` in ddim | ddpm | dpm++2m | heun; kwargs go to the solver."
     nfe(solver, 1)                                                # validates the name
     if "eta" in kwargs and solver != "ddim" and kwargs["eta"]:
         raise PatchDDMError("sampling", f"eta applies to the ddim solver only, not {solver!r}")
@@ -396,7 +412,7 @@ class RunningStats:
 
 @dataclass
 class EnsembleResult:
-    "Ensemble of n members: `mean_prob`, `var` (float32) and `mask` (bool), all shaped like one sample (B,1,...)."
+    "Ensemble of n members: `mean_prob`, `var` (float32) and `mask` (bool), all shaped like one sample (B,K,...)."
     mean_prob: Tensor
     var: Tensor
     mask: Tensor
@@ -410,7 +426,7 @@ def ensemble(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequenc
              seed: int = 0, seeds: Sequence[int] | None = None, solver: str = "ddim", steps: int = 20,
              threshold: float = 0.0, keep_members: bool = False,
              callback: Callable[[int, int, Tensor], None] | None = None, progress: bool = True, **kwargs) -> EnsembleResult:
-    "n samples of `shape` (B,1,...) from seeds `seed+k` (or `seeds`), binarised at `threshold` → probability, variance, mask."
+    "n samples of `shape` (B,K,...) from seeds `seed+k` (or `seeds`), binarised at `threshold` → probability, variance, mask."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise PatchDDMError("ensemble", f"n must be a positive integer, got {n!r}")
     nfe(solver, steps)                                           # validates the solver before any work
     seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]

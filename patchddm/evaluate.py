@@ -55,9 +55,10 @@ def read_mask(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     return data > 0, affine
 
 def find_prediction(pred_dir: Path | str, case_id: str) -> Path | None:
-    "The prediction mask of `case_id` in `pred_dir` (`<case_id>/mask.nii[.gz]` or `<case_id>.nii[.gz]`), or None."
+    "The prediction of `case_id` in `pred_dir`: `<case_id>/labels.nii[.gz]` (a region run's label map), `<case_id>/mask.nii[.gz]` or `<case_id>.nii[.gz]`; or None."
     d = Path(pred_dir)
-    for p in (d / case_id / "mask.nii.gz", d / case_id / "mask.nii", d / f"{case_id}.nii.gz", d / f"{case_id}.nii"):
+    for p in (d / case_id / "labels.nii.gz", d / case_id / "labels.nii", d / case_id / "mask.nii.gz", d / case_id / "mask.nii",
+              d / f"{case_id}.nii.gz", d / f"{case_id}.nii"):
         if p.is_file(): return p
     return None
 
@@ -89,8 +90,8 @@ class CaseScores:
     bins: dict[str, dict] = field(default_factory=dict)
 
 def _beside(pred_path: Path, stem: str) -> Path | None:
-    "PRED/c/<stem>.nii[.gz] beside a PRED/c/mask.nii[.gz] prediction, or None."
-    if not pred_path.name.startswith("mask.nii"): return None
+    "PRED/c/<stem>.nii[.gz] beside a PRED/c/mask.nii[.gz] or PRED/c/labels.nii[.gz] prediction, or None."
+    if not pred_path.name.startswith(("mask.nii", "labels.nii")): return None
     return next((p for p in (pred_path.with_name(f"{stem}.nii.gz"), pred_path.with_name(f"{stem}.nii")) if p.is_file()), None)
 
 def _read_map(pred_path: Path, stem: str, truth_path: Path, shape: Sequence[int], affine: np.ndarray, scale: float = 1.0) -> dict:
@@ -136,7 +137,8 @@ def evaluate_case(pred_path: Path | str, truth_path: Path | str, labels: str | L
     truth = region_masks(truth_data, labels, kind="labels", where=truth_path)
     pred_data, pa = read_volume(pred_path, channels=True)
     check_grid(pred_path, pred_data.shape[-3:], pa, truth_path, truth_data.shape, ta)
-    pred = region_masks(pred_data, labels, where=pred_path)
+    kind = "labels" if Path(pred_path).name.startswith("labels.nii") else "auto"      # segment's label map: never a binary mask
+    pred = region_masks(pred_data, labels, kind=kind, where=pred_path)
     sp = spacing_from_affine(ta)
     out = CaseScores(rows=[])
     if uncertainty:
@@ -448,6 +450,7 @@ def qualitative_figure(pred_dir: Path | str, truth_dir: Path | str, case_ids: Se
                    for i in range(n_members)]
         prob = np.asarray(nib.load(str(pred_dir / cid / "prob.nii.gz")).dataobj, dtype=np.float32)
         var = np.asarray(nib.load(str(pred_dir / cid / "var.nii.gz")).dataobj, dtype=np.float32) / 0.25
+        if prob.ndim == 4: prob, var = prob[..., 0], var[..., 0]         # a region run's (X, Y, Z, 3) maps: the whole tumour
         img = _axial(image.reshape(truth.shape), k)
         vmax = np.percentile(img[img > 0], 99) if (img > 0).any() else 1
         panels = [(img, "gray", vmax), (_axial(truth, k), "gray", 1)] + [(_axial(m, k), "gray", 1) for m in members] + \

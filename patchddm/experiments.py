@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import PatchDDMError, atomic_path, load_settings, save_json
+from .core import PatchDDMError, atomic_path, check_writable, disk_errors, load_settings, save_json
 from .data import PrepConfig, PreparedDataset, preprocess_dataset
 from .phantoms import write_phantoms
 from .diffusion import PREDICTIONS, SOLVERS, nfe
@@ -649,8 +649,9 @@ def execute_notebook(nb_path: Path | str, out_nb: Path | str, parameters: dict, 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("papermill").setLevel(logging.WARNING)
     try:
-        pm.execute_notebook(str(nb_path), str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(cwd),
-                            progress_bar=progress, log_output=False)
+        with disk_errors(out_nb):                                     # a full disk: one line naming the notebook
+            pm.execute_notebook(str(nb_path), str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(cwd),
+                                progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as e:
         msg = (e.evalue or "").strip().splitlines()
         raise PatchDDMError(out_nb, f"cell {e.exec_count} failed: "
@@ -672,6 +673,7 @@ def run_ablations(out_root: Path | str, modes: Sequence[str] = ("patchddm", "ful
     "Run ablation.ipynb once per mode into OUT/<mode>/ (skipping finished ones), then report.ipynb → OUT/report.{ipynb,html}."
     t_all = time.perf_counter()
     out_root = Path(out_root).expanduser().resolve()
+    check_writable(out_root)
     if isinstance(modes, str): modes = [modes]
     bad = [m for m in modes if m not in MODE_SPECS]
     if bad or not modes:

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from tqdm.auto import tqdm
 
-from .core import (PatchDDMError, autocast, cpu_has_bf16, parse_devices, prepare_output_dir, save_json, save_torch,
+from .core import (DiskFullError, PatchDDMError, as_disk_full, autocast, check_writable, cpu_has_bf16, disk_errors, parse_devices, prepare_output_dir, save_json, save_torch,
                            seed_everything)
-from .data import PreparedDataset
+from .data import CACHE_LABELS, TARGETS, PreparedDataset, cache_spacing, target_channels
 from .diffusion import PREDICTIONS, Diffusion, DiffusionConfig
 from .metrics import dice
 from .model import PRESETS, UNet3D, preset_config
@@ -29,9 +29,10 @@ from .modes import CKPT_FORMAT, downsample_image, downsample_mask, load_checkpoi
 from .patching import crop, patch_dist, sample_patch_start
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'PAPER_LR', 'CPU_LR', 'LR_SCHEDULES', 'LOG_FIELDS', 'default_lr', 'lr_at', 'TrainConfig', 'config_diff',
-           'step_seed', 'step_generator', 'rng_state', 'set_rng_state', 'make_ema', 'check_config', 'step_batch',
-           'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha', 'TrainState', 'train_step', 'train']
+__all__ = ['AMP_CHOICES', 'PAPER_LR', 'CPU_LR', 'LR_SCHEDULES', 'LOG_FIELDS', 'RESUME_HINT', 'default_lr', 'lr_at', 'TrainConfig',
+           'config_diff', 'step_seed', 'step_generator', 'rng_state', 'set_rng_state', 'make_ema', 'check_config',
+           'step_batch', 'StepData', 'DistInfo', 'RunLog', 'read_log', 'validate', 'param_sha', 'TrainState',
+           'train_step', 'train']
 
 # %% ../nbs/09_train.ipynb #e0bc536f
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -65,6 +66,7 @@ class TrainConfig:
     prep_dir: Path | str = _setting(help="preprocessed cache (`patchddm preprocess`)")
     run_dir: Path | str = _setting(help="output folder: config.json, last.pt, best.pt, log.csv, tb/")
     mode: str = _setting("patchddm", "patchddm | patchddm-nocoords | fullres | halfres")
+    target: str = _setting("wt", "what to segment: wt (the whole tumour, the paper) | regions (WT, TC, ET as three nested channels)")
     preset: str = _setting("small", "model preset: tiny | small | paper")
     patch: int | None = _setting(None, "patch edge for the patch modes (default: half the volume edge)")
     patch_dist: str = _setting("paper", "patch-start distribution: paper | code | uniform")
@@ -166,10 +168,10 @@ def _open_cache(prep_dir: Path | str) -> PreparedDataset:
     if not p.is_dir(): raise PatchDDMError(p, "preprocessed cache not found (run `patchddm preprocess` first)")
     return PreparedDataset(p)
 
-def _case_arrays(cache: PreparedDataset, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    "Memmaps of one cached case: image (4, S, S, S) float16 in [0, 1], mask (S, S, S) uint8."
+def _case_arrays(cache: PreparedDataset, case_id: str, target: str = "wt") -> tuple[np.ndarray, np.ndarray]:
+    "Memmaps of one cached case: image (4, S, S, S) float16 in [0, 1] and its truth (S, S, S) uint8: the mask (wt), else the labels."
     image, mask, _ = cache.load(case_id)
-    return image, mask
+    return (image, mask) if TARGETS[target] == ("WT",) else (image, cache.labels(case_id))
 
 def _resolve_amp(amp: str, device_type: str) -> str:
     "'auto' → fp16 (+GradScaler) on CUDA, bf16 on a CPU with native bf16, else none."
@@ -194,6 +196,8 @@ def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
     spec = mode_spec(cfg.mode)
     if cfg.prediction not in PREDICTIONS:
         raise PatchDDMError(f"prediction {cfg.prediction!r}", f"unknown; choose one of {', '.join(PREDICTIONS)}")
+    if cfg.target not in TARGETS:
+        raise PatchDDMError(f"target {cfg.target!r}", f"unknown; choose one of {', '.join(TARGETS)}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise PatchDDMError(f"lr_schedule {cfg.lr_schedule!r}", f"unknown; choose one of {', '.join(LR_SCHEDULES)}")
     if cfg.preset not in PRESETS: raise PatchDDMError(f"preset {cfg.preset!r}", f"unknown preset; choose one of {', '.join(PRESETS)}")
@@ -210,7 +214,8 @@ def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
     amp = _resolve_amp(cfg.amp, devs[0].type)
     cache = _open_cache(cfg.prep_dir)
     S, train_cases, val_cases = cache.size, list(cache.split("train")), list(cache.split("val"))
-    mcfg = preset_config(cfg.preset, in_ch=spec.in_ch, checkpoint=bool(cfg.checkpointing))
+    k = len(TARGETS[cfg.target])                                  # x0 channels: 1 (WT) or 3 (WT, TC, ET)
+    mcfg = preset_config(cfg.preset, in_ch=spec.in_channels(k), out_ch=k, checkpoint=bool(cfg.checkpointing))
     m = mcfg.multiple
     where = f"mode {cfg.mode}"
     if spec.patches:
@@ -234,7 +239,8 @@ def check_config(cfg: TrainConfig, rank: int = 0) -> tuple[TrainConfig, dict]:
                           ",".join(s.strip() for s in cfg.devices.split(",")),
                   amp=amp, steps=int(cfg.steps), batch=int(cfg.batch), checkpointing=bool(cfg.checkpointing))
     n_val = len(val_cases) if cfg.val_cases is None else min(int(cfg.val_cases), len(val_cases))
-    info = dict(size=S, train=train_cases, val=val_cases[:n_val], model=mcfg, devices=devs, prep=cache.config.to_dict())
+    data = dict(spacing=cache_spacing(cache), labels=cache.info.get("labels", CACHE_LABELS), channels=list(TARGETS[cfg.target]))
+    info = dict(size=S, train=train_cases, val=val_cases[:n_val], model=mcfg, devices=devs, prep=cache.config.to_dict(), data=data)
     return res, info
 
 # %% ../nbs/09_train.ipynb #8ace94b3
@@ -246,13 +252,13 @@ def _patch_coords(S: int, start: Sequence[int], size: int) -> torch.Tensor:
 
 def step_batch(cache: PreparedDataset, cases: Sequence[str], cfg: TrainConfig, step: int, rank: int = 0,
                T: int = 1000) -> dict:
-    "Batch of training `step`: cond (B, C, s, s, s), x0 (B, 1, s, s, s) in [−1, 1], t (B,), eps (B, 1, s, s, s), case ids."
+    "Batch of training `step`: cond (B, C, s, s, s), x0 (B, K, s, s, s) in [−1, 1] (K target channels), t (B,), eps like x0, case ids."
     g = step_generator(cfg.seed, rank, step)
     spec = mode_spec(cfg.mode)
     conds, x0s, ids, starts, flips = [], [], [], [], []
     for _ in range(cfg.batch):
         cid = cases[int(torch.randint(len(cases), (1,), generator=g))]
-        image, mask = _case_arrays(cache, cid)
+        image, mask = _case_arrays(cache, cid, cfg.target)
         S = mask.shape[-1]
         start = (0, 0, 0)
         if spec.patches: start = sample_patch_start(mask.shape, cfg.patch, cfg.patch_dist, g)
@@ -260,11 +266,11 @@ def step_batch(cache: PreparedDataset, cases: Sequence[str], cfg: TrainConfig, s
         if spec.patches:                # the mirrored volume's patch at `start` is the mirror of this one
             image, mask = crop((S - cfg.patch - start[0], *start[1:]) if flip else start, cfg.patch, image, mask)
         img = torch.from_numpy(np.asarray(image, dtype=np.float32)) * 2 - 1
-        msk = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+        msk = torch.from_numpy(target_channels(np.asarray(mask), cfg.target, CACHE_LABELS).astype(np.float32))   # (K, s, s, s)
         if flip: img, msk = img.flip(-3), msk.flip(-3)
         if spec.scale == 2: img, msk = downsample_image(img), downsample_mask(msk)
         if spec.coords: img = torch.cat([img, _patch_coords(S, start, cfg.patch)])
-        conds.append(img); x0s.append(msk[None] * 2 - 1); ids.append(cid); starts.append(start); flips.append(flip)
+        conds.append(img); x0s.append(msk * 2 - 1); ids.append(cid); starts.append(start); flips.append(flip)
     cond, x0 = torch.stack(conds), torch.stack(x0s)
     t = torch.randint(0, T, (cfg.batch,), generator=g)
     eps = torch.randn(x0.shape, generator=g)
@@ -349,14 +355,16 @@ def read_log(run_dir: Path | str) -> "pd.DataFrame":
 
 # %% ../nbs/09_train.ipynb #b9da3713
 def validate(model: torch.nn.Module, diffusion: Diffusion, cache: PreparedDataset, cases: Sequence[str], mode: str,
-             steps: int = 10, seed: int = 0, amp: str = "none", solver: str = "ddim") -> tuple[float, dict[str, float]]:
-    "Mean Dice over `cases` (whole volumes, one sample each, seed + i for case i) and the per-case Dice."
+             steps: int = 10, seed: int = 0, amp: str = "none", solver: str = "ddim",
+             target: str = "wt") -> tuple[float, dict[str, float]]:
+    "Mean Dice over `cases` (whole volumes, one sample each, seed + i for case i; per case the mean over the target's regions) and the per-case Dice."
     scores = {}
     for i, cid in enumerate(cases):
-        image, truth = _case_arrays(cache, cid)
+        image, truth = _case_arrays(cache, cid, target)
         img = torch.from_numpy(np.asarray(image, dtype=np.float32)) * 2 - 1
         mask, _ = sample_mask(model, diffusion, img, mode, steps, solver, seed=seed + i, amp=amp)
-        scores[cid] = dice(mask.numpy(), np.asarray(truth))
+        pred, ref = mask.numpy().reshape(-1, *mask.shape[-3:]), target_channels(np.asarray(truth), target, CACHE_LABELS)
+        scores[cid] = float(np.mean([dice(p, q) for p, q in zip(pred, ref)]))
     return float(np.mean(list(scores.values()))), scores
 
 # %% ../nbs/09_train.ipynb #916370ae
@@ -378,7 +386,7 @@ def _peak_rss_mb() -> float:
 def _run_meta(cfg: TrainConfig, info: dict, dcfg: DiffusionConfig, world_size: int) -> dict:
     "What config.json and every checkpoint record about the run."
     return dict(train=cfg.to_dict(), model=info["model"].to_dict(), diffusion=asdict(dcfg), prep=info["prep"],
-                world_size=world_size)
+                data=info["data"], world_size=world_size)
 
 def _prepare_run(cfg: TrainConfig, info: dict, dcfg: DiffusionConfig, d: DistInfo, resume: bool,
                  overwrite: bool) -> dict | None:
@@ -459,7 +467,8 @@ def _checkpoint(st: TrainState, step: int) -> dict:
                 ema=None if st.ema is None else _ema_state(st.ema), optimizer=st.opt.state_dict(),
                 scaler=st.scaler.state_dict(), rng=rng_state(), best_val_dice=st.best, best_step=st.best_step,
                 world_size=st.dist.world_size, train_config=st.meta["train"], model_config=st.meta["model"],
-                diffusion_config=st.meta["diffusion"], prep_config=st.meta["prep"])
+                diffusion_config=st.meta["diffusion"], prep_config=st.meta["prep"],
+                data_config=st.meta["data"])
 
 # %% ../nbs/09_train.ipynb #ff24bf33
 def train_step(st: TrainState, batch: dict) -> float:
@@ -493,7 +502,8 @@ def _validate_best(st: TrainState, s: int) -> float:
     "Rank 0 at step `s`: validation Dice of the EMA (or current) weights, logged; `best.pt` when it is a new best."
     cfg = st.cfg
     net = st.model if st.ema is None else st.ema.module
-    score, _ = validate(net, st.diffusion, st.cache, st.info["val"], cfg.mode, cfg.val_steps, cfg.seed, cfg.amp)
+    score, _ = validate(net, st.diffusion, st.cache, st.info["val"], cfg.mode, cfg.val_steps, cfg.seed, cfg.amp,
+                      target=cfg.target)
     if st.log is not None: st.log.write(s, val_dice=score)
     if st.bar is not None and not st.bar.disable:
         st.bar.write(f"step {s}: validation Dice {score:.4f} ({len(st.info['val'])} cases, {cfg.val_steps} DDIM steps)")
@@ -520,18 +530,34 @@ def _after_step(st: TrainState, s: int, loss: float, seconds: float) -> None:
         if d.main: save_torch(_checkpoint(st, s), cfg.run_dir / "last.pt")
         st.saved_step = s
 
+# %% ../nbs/09_train.ipynb #734b3f31
+RESUME_HINT = "free space, then continue with --resume"
+
+def _train_failure(st: TrainState, err: BaseException) -> PatchDDMError | None:
+    "The one-line error for a full disk or a dead DataLoader worker in the training loop, naming the checkpoint kept; None for other errors."
+    kept = f"last.pt of step {st.saved_step} is kept" if st.saved_step is not None else "no checkpoint was written yet"
+    named = getattr(err, "where", None) or getattr(err, "filename", None) or st.cfg.run_dir
+    full = as_disk_full(err, named, f"{kept}; {RESUME_HINT}")
+    if full is not None: return full
+    if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
+        return PatchDDMError(st.cfg.run_dir, f"a data-loading worker died: {str(err).rstrip('. ')} (out of memory?); {kept}: "
+                                             "continue with --resume (with fewer --workers if it happens again)")
+    return None
+
 # %% ../nbs/09_train.ipynb #61695667
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     "Train per `cfg` (see `TrainConfig`); returns a summary dict (final loss, best val Dice, steps/s, peak memory, run_dir)."
     d = DistInfo.from_env()
     if resume and overwrite: raise PatchDDMError(cfg.run_dir, "choose either resume or overwrite, not both")
     cfg, info = check_config(cfg, d.local_rank)
+    check_writable(cfg.run_dir)                               # a read-only folder: one line now, not after the first hour
     own_group = d.world_size > 1 and not dist.is_initialized()
     if own_group:
         cuda = info["devices"][0].type == "cuda"
         if cuda: torch.cuda.set_device(info["devices"][0])
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=3))
-    try: return _train(cfg, info, d, resume, overwrite, progress)
+    try:
+        with disk_errors(hint=RESUME_HINT): return _train(cfg, info, d, resume, overwrite, progress)
     finally:
         if own_group: dist.destroy_process_group()
 
@@ -574,6 +600,10 @@ def _train(cfg: TrainConfig, info: dict, d: DistInfo, resume: bool, overwrite: b
             loss = train_step(st, batch)
             _after_step(st, int(batch["step"]), loss, time.perf_counter() - t_mark)
             t_mark = time.perf_counter()
+    except (OSError, RuntimeError, DiskFullError) as e:            # a full disk, a dead DataLoader worker
+        stop = _train_failure(st, e)
+        if stop is None: raise
+        raise stop from None
     finally:
         st.bar.close()
         if st.log is not None: st.log.close()

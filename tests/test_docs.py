@@ -123,8 +123,8 @@ def _proc_nb(path: Path, title: str) -> None:
 def test_nav_follows_files(tmp_path):
     "The navigation lists the notebooks found, numbered ones in numeric order; names starting with '_' are left out."
     nbs, proc = tmp_path / "nbs", tmp_path / "_proc"
-    names = ["index", "paper_map", "10_predict", "09_train", "00_core", "02_phantoms", "100_later", "_scratch",
-             "experiments/report"]
+    names = ["index", "paper_map", "reliability", "10_predict", "09_train", "00_core", "02_phantoms", "100_later",
+             "_scratch", "experiments/report"]
     for name in names:
         _proc_nb(nbs / f"{name}.ipynb", Path(name).name)
         _proc_nb(proc / f"{name}.ipynb", Path(name).name)
@@ -134,6 +134,7 @@ def test_nav_follows_files(tmp_path):
                                  {"09_train": "09_train.md"}, {"10_predict": "10_predict.md"},
                                  {"100_later": "100_later.md"}]},
                         {"Paper map": "paper_map.md"},
+                        {"reliability": "reliability.md"},             # unnumbered pages (nbs/reliability.ipynb)
                         {"Experiments": [{"report": "experiments/report.md"}]},
                         {"Benchmarks": "benchmarks.md"}]
     assert "_scratch.md" not in site.pages and "About 09_train." in site.pages["09_train.md"].text
