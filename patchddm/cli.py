@@ -252,7 +252,7 @@ def demo(out_dir: Optional[Path] = typer.Argument(None, help="results folder (de
          set_: list[str] = typer.Option([], "--set", help="NAME=VALUE of a TrainConfig setting, a JSON value (repeatable)"),
          sample_steps: Optional[int] = typer.Option(None, help="DDIM steps at test time (default: 2)"),
          ensemble: Optional[int] = typer.Option(None, help="ensemble members per test case (default: 5)"),
-         window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume)"),
+         window: Optional[int] = typer.Option(None, help="sliding-window sampling with this window edge (default: whole volume; --target regions: the training patch; 0: whole volume)"),
          seed: Optional[int] = typer.Option(None, help="seed of data, split, training and sampling (default: 0)"),
          report: bool = typer.Option(True, help="render the papermill report"),
          overwrite: bool = typer.Option(False, help="start over instead of reusing finished stages")):

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .core import PatchDDMError, atomic_path, check_writable, disk_errors, prepare_output_dir, save_json
 from .phantoms import PHANTOM_SIZES, write_phantoms
-from .data import PreparedDataset, PrepConfig, preprocess_dataset
+from .data import TARGETS, PreparedDataset, PrepConfig, preprocess_dataset
 from .train import TrainConfig, train
 from .evaluate import evaluate_dirs, member_study, summarize
 from .predict import segment
@@ -60,7 +60,7 @@ class DemoConfig:
     train: dict = field(default_factory=dict)  # TrainConfig settings applied over DEMO_TRAIN, e.g. {"steps": 6}
     sample_steps: int = 2        # DDIM steps at test time (an x0 network needs few; chosen on the validation split)
     ensemble: int = 5            # ensemble members per test case
-    window: int | None = None    # sliding-window sampling with this window edge (None: the whole volume, as the paper)
+    window: int | None = None    # sliding-window edge (None: the whole volume, as the paper; a region run: its training patch; 0: whole)
     solver: str = "ddim"
     seed: int = 0                # phantoms, split, training and sampling
     report: bool = True          # render the papermill report
@@ -69,6 +69,8 @@ class DemoConfig:
         self.train = {**DEMO_TRAIN, **train_overrides(self.train, "demo")}
         n = self.train["steps"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise PatchDDMError(f"demo train steps={n!r}", "must be an integer ≥ 1")
+        if self.window is None and len(TARGETS.get(self.train.get("target", "wt"), ())) > 1:
+            self.window = self.train["patch"]   # region networks are sampled in windows of their training patch (measured below)
 
     def train_config(self, prep_dir: Path | str, run_dir: Path | str) -> TrainConfig:
         "The run's `TrainConfig`: PatchDDM with `train`; unless set there, last.pt every tenth of the run (≥ 50 steps), ~20 log rows."
@@ -157,7 +159,7 @@ def stage_segment(cfg: DemoConfig, run: Path, raw: Path, prep: Path, out: Path, 
     test, pred = _test_cases(raw, prep, out), out / "pred"
     t0 = time.time()
     s = segment(run, test, pred, steps=cfg.sample_steps, solver=cfg.solver, ensemble=cfg.ensemble, seed=cfg.seed,
-                window=cfg.window, save_members=True, progress=progress)
+                window=cfg.window or None, save_members=True, progress=progress)
     n_done, n_skip = len(s.get("done", [])), len(s.get("skipped", []))
     if s.get("failed"): raise PatchDDMError(pred, f"{len(s['failed'])} test case(s) failed: {s['failed'][0]}")
     _say(f"[4/6] segment: {n_done} test cases ({n_skip} reused), {cfg.solver} {cfg.sample_steps} steps × {cfg.ensemble} members "

@@ -210,13 +210,15 @@ def find_case_file(case_dir: Path | str, names: Sequence[str]) -> Path | None:
         raise PatchDDMError(case_dir, f"ambiguous {names[0]} files: {', '.join(p.name for p in hits)}")
     return hits[0] if hits else None
 
-def load_volume(path: Path | str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    "Read a NIfTI file as a float32 array (D,H,W) in RAS+ voxel order, with its voxel spacing in mm."
+def load_volume(path: Path | str, channel: int | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    "Read a NIfTI file as a float32 array (D,H,W) in RAS+ voxel order, with its voxel spacing in mm; `channel` picks one volume of a 4D file."
     path = Path(path)
     if not path.is_file(): raise PatchDDMError(path, "file not found")
     try:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
+        if channel is not None and len(shape) == 4:                     # e.g. a region run's (X, Y, Z, 3) maps: 0 = WT
+            img, shape = img.slicer[..., int(channel)], shape[:3]
         if len(shape) < 3 or any(s != 1 for s in shape[3:]):
             raise PatchDDMError(path, f"not a 3D image (shape {'x'.join(map(str, shape))})")
         if len(shape) > 3: img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
@@ -363,9 +365,9 @@ class VolumeViewer:
         case_id = case_dir.name
         images, spacing, shape = {}, None, None
 
-        def load(path: Path) -> np.ndarray:
+        def load(path: Path, channel: int | None = None) -> np.ndarray:
             nonlocal spacing, shape
-            vol, sp = load_volume(path)
+            vol, sp = load_volume(path, channel)
             if shape is None: shape, spacing = vol.shape, sp
             elif vol.shape != shape:
                 raise PatchDDMError(path, f"shape {_shape_str(vol.shape)} does not match the case's {_shape_str(shape)}")
@@ -388,8 +390,8 @@ class VolumeViewer:
                      for n in ("mask", "prob", "var")}
             if found["mask"] is None: raise PatchDDMError(pdir / "mask.nii.gz", "prediction mask not found")
             pred = load(found["mask"])
-            prob = load(found["prob"]) if found["prob"] else None
-            var = load(found["var"]) if found["var"] else None
+            prob = load(found["prob"], 0) if found["prob"] else None      # a region run's maps: the whole tumour
+            var = load(found["var"], 0) if found["var"] else None
         return cls(images, truth, pred, var, spacing, prob=prob, case_id=case_id, **kwargs)
 
     def display(self):
