@@ -178,7 +178,7 @@ def prepare_output_dir(path: Path | str, overwrite: bool = False, allow_existing
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_core.ipynb #3af3cf77
+# %% ../nbs/00_core.ipynb #b26d108c
 def read_json(path: Path | str, what: str = "JSON file", hint: str = "") -> Any:
     "The parsed JSON at `path`; missing or unreadable is a one-line error naming `what` (and `hint`, if given)."
     path = Path(path)
@@ -195,7 +195,7 @@ def check_new_file(path: Path | str | None, overwrite: bool = False) -> Path | N
     if p.exists() and not overwrite: raise PatchDDMError(p, "exists (pass --overwrite to replace it)")
     return p
 
-# %% ../nbs/00_core.ipynb #79962e01
+# %% ../nbs/00_core.ipynb #8931d7d6
 def check_output_dir(out_dir: Path | str, overwrite: bool = False, inputs: Sequence[Path | str] = ()) -> Path:
     "Refuse `out_dir` when it is a file, lies inside one of `inputs` (or is one), or is a non-empty folder without `overwrite`."
     out_dir = Path(out_dir)
@@ -346,7 +346,7 @@ def holds_lock(arg: str, what: str = "patchddm run") -> Callable:
         return locked
     return deco
 
-# %% ../nbs/00_core.ipynb #6302f9c4
+# %% ../nbs/00_core.ipynb #efdec5b4
 def save_fig(fig, out: Path | str | None, overwrite: bool = False, dpi: int = 130) -> Path | None:
     "Save a matplotlib figure atomically (format from the suffix; nothing for `out=None`), refusing to replace a file unless `overwrite`."
     out = check_new_file(out, overwrite)
@@ -405,7 +405,7 @@ def cpu_has_bf16() -> bool:
     except OSError: return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
-# %% ../nbs/00_core.ipynb #679bc8a0
+# %% ../nbs/00_core.ipynb #5f06641e
 def check_amp(amp: str) -> str:
     "`amp` if it is 'none', 'bf16' or 'fp16' (the resolved mixed-precision choices), else a one-line error."
     if amp not in ("none", "bf16", "fp16"): raise PatchDDMError(f"amp {amp!r}", "choose none, bf16 or fp16")
