@@ -12,14 +12,14 @@ import torch
 from scipy import ndimage as ndi
 
 from .core import PatchDDMError, check_int, choose, fmt_shape
-from .data import LABEL_VALUES
+from .data import LABEL_VALUES, REGIONS, region_labels
 
 # %% auto #0
-__all__ = ['REGIONS', 'LABELS', 'LESION_RULES', 'QU_THRESHOLDS', 'as_mask', 'dice', 'volume_diagonal', 'surface',
-           'surface_distances', 'hd95', 'case_metrics', 'LabelConvention', 'label_convention', 'region_masks',
-           'sensitivity', 'specificity', 'LesionRules', 'lesion_rules', 'components', 'truth_lesions', 'match_lesions',
-           'lesionwise_scores', 'region_metrics', 'brats_metrics', 'entropy_map', 'check_thresholds',
-           'uncertainty_curves', 'curve_auc', 'uncertainty_scores', 'reliability_bins', 'expected_calibration_error']
+__all__ = ['LABELS', 'LESION_RULES', 'QU_THRESHOLDS', 'as_mask', 'dice', 'volume_diagonal', 'surface', 'surface_distances',
+           'hd95', 'case_metrics', 'LabelConvention', 'label_convention', 'region_masks', 'sensitivity', 'specificity',
+           'LesionRules', 'lesion_rules', 'components', 'truth_lesions', 'match_lesions', 'lesionwise_scores',
+           'region_metrics', 'brats_metrics', 'entropy_map', 'check_thresholds', 'uncertainty_curves', 'curve_auc',
+           'uncertainty_scores', 'reliability_bins', 'expected_calibration_error']
 
 # %% ../nbs/06_metrics.ipynb #4cdd2a1b
 def as_mask(a: Any) -> np.ndarray:
@@ -103,9 +103,6 @@ def case_metrics(pred: Any, truth: Any, spacing: float | Sequence[float] = 1.0) 
                 truth_voxels=int(np.count_nonzero(t)))
 
 # %% ../nbs/06_metrics.ipynb #4f75c7fa
-REGIONS = ("WT", "TC", "ET")
-"The BraTS evaluation regions, in leaderboard order: whole tumour, tumour core, enhancing tumour."
-
 @dataclass(frozen=True)
 class LabelConvention:
     "A BraTS label convention: the allowed values of a label map and the labels that make up each region."
@@ -115,8 +112,8 @@ class LabelConvention:
 
     @property
     def regions(self) -> dict[str, tuple[int, ...]]:
-        "Region → labels: WT = {1, 2, ET}, TC = {1, ET}, ET = {ET}."
-        return {"WT": (1, 2, self.enhancing), "TC": (1, self.enhancing), "ET": (self.enhancing,)}
+        "Region → labels: WT = {1, 2, ET}, TC = {1, ET}, ET = {ET} (`patchddm.data.region_labels`)."
+        return region_labels(self.name)
 
 LABELS = {name: LabelConvention(name, vals, vals[-1]) for name, vals in LABEL_VALUES.items()}
 "The named label conventions: brats2020 and brats2021 (enhancing = 4), brats2023 (enhancing = 3)."
