@@ -173,11 +173,15 @@ def segment(run: Path = typer.Argument(..., help="a training run folder (uses be
             window: Optional[int] = typer.Option(None, help="sliding-window edge: bounds memory by the window, not the volume"),
             save_members: bool = typer.Option(False, help="also write every member's mask"),
             device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:0,cuda:1"),
+            batch: str = typer.Option("auto", help="members sampled at once: N, or auto (CUDA: as many as half the free memory holds; CPU: 1); never changes a mask"),
+            amp: str = typer.Option("none", help="none | bf16 (CPU with native bf16) | fp16 (CUDA): faster, may move a few boundary voxels"),
             overwrite: bool = typer.Option(False, help="replace existing predictions")):
     "Segment raw cases with an ensemble of diffusion samples; writes mask, mean probability and variance per case."
     from patchddm.predict import segment as _segment
+    b = int(batch) if batch.strip().isdigit() else batch.strip()      # "auto", or a count (anything else: one-line error)
     s = _segment(run, input, out_dir, steps=steps, solver=solver, ensemble=ensemble, seed=seed, window=window,
-                 save_members=save_members, overwrite=overwrite, device=device or load_settings().device, progress=True)
+                 save_members=save_members, overwrite=overwrite, device=device or load_settings().device, progress=True,
+                 batch=b, amp=amp)
     failed = s.get("failed", [])
     typer.echo(f"segment: {len(s.get('done', []))} cases segmented, {len(s.get('skipped', []))} already done, "
                f"{len(failed)} failed → {out_dir}")

@@ -17,8 +17,8 @@ from .core import PatchDDMError
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PREDICTIONS', 'EpsFn', 'SPACINGS', 'SOLVERS', 'DEFAULT_SPACING', 'DiffusionConfig', 'beta_schedule',
-           'Diffusion', 'mask_to_x0', 'x0_to_mask', 'model_eps_fn', 'gaussian_eps_fn', 'binary_eps_fn',
-           'categorical_eps_fn', 'nfe', 'RunningStats', 'EnsembleResult']
+           'Diffusion', 'MemberGenerators', 'mask_to_x0', 'x0_to_mask', 'cat_cond', 'model_eps_fn', 'gaussian_eps_fn',
+           'binary_eps_fn', 'categorical_eps_fn', 'nfe', 'RunningStats', 'EnsembleResult']
 
 # %% ../nbs/05_diffusion.ipynb #009779a3
 SCHEDULES = ("linear", "cosine")
@@ -107,9 +107,23 @@ class Diffusion(nn.Module):
         a, b = self.sqrt_alpha_bar[t].to(x0.device), self.sqrt_one_minus_alpha_bar[t].to(x0.device)
         return _bcast(a, x0) * x0 + _bcast(b, x0) * eps
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+class MemberGenerators:
+    "One CPU generator per ensemble member (seeds s_1 … s_m): a draw of (m·B, ...) is m draws of (B, ...), one from each member's generator."
+    def __init__(self, seeds: Sequence[int]):
+        self.seeds = [int(s) for s in seeds]
+        self.gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+
+    def randn(self, shape: Sequence[int], device: torch.device | str) -> Tensor:
+        "Standard normal float32 (m·B, ...) on `device`: member k's rows come from generator k alone, as if it were sampled by itself."
+        m, shape = len(self.gens), tuple(shape)
+        if shape[0] % m: raise PatchDDMError("MemberGenerators", f"batch {shape[0]} is not a multiple of {m} members")
+        per = (shape[0] // m, *shape[1:])
+        return torch.cat([torch.randn(per, generator=g) for g in self.gens]).to(device)
+
+def _randn(shape: Sequence[int], generator: "torch.Generator | MemberGenerators | None", device: torch.device | str) -> Tensor:
     "Standard normal float32 of `shape` on `device`; with a generator, drawn on the generator's device (so seeds reproduce across devices)."
     if generator is None: return torch.randn(tuple(shape), device=device)
+    if isinstance(generator, MemberGenerators): return generator.randn(shape, device)
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
 
 # %% ../nbs/05_diffusion.ipynb #0dec8fc3
@@ -124,11 +138,14 @@ def x0_to_mask(x0: Tensor, threshold: float = 0.0) -> Tensor:
 # %% ../nbs/05_diffusion.ipynb #733c0e29
 EpsFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
+def cat_cond(cond: Tensor | None, x_t: Tensor) -> Tensor:
+    "The network input cat([cond, x_t], 1) (B, C + K, ...) for x_t (B, K, ...) and cond (B or 1, C, ...) — one cond serves every member — or x_t alone."
+    if cond is None: return x_t
+    return torch.cat([cond.to(x_t.dtype).expand(x_t.shape[0], *cond.shape[1:]), x_t], 1)
+
 def model_eps_fn(model: Callable[[Tensor, Tensor], Tensor]) -> EpsFn:
-    "Wrap `model(x, t)` as `eps_fn(x_t (B,K,...), t (B,), cond (B,C,...) or None) = model(cat([cond, x_t], 1), t)`."
-    def eps_fn(x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        x = x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], 1)
-        return model(x, t)
+    "Wrap `model(x, t)` as `eps_fn(x_t (B,K,...), t (B,), cond (B or 1,C,...) or None) = model(cat([cond, x_t], 1), t)`."
+    def eps_fn(x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor: return model(cat_cond(cond, x_t), t)
     return eps_fn
 
 # %% ../nbs/05_diffusion.ipynb #4b3df059
@@ -189,11 +206,12 @@ def output_to_eps(self: Diffusion, out: Tensor, x_t: Tensor, t: Tensor) -> Tenso
 
 # %% ../nbs/05_diffusion.ipynb #6903aed2
 def _check_cond(cond: Tensor | None, shape: Sequence[int], where: str) -> None:
-    "Raise unless `cond` is None or (B, C, *spatial) matching `shape` = (B, K, *spatial)."
+    "Raise unless `cond` is None or (B or 1, C, *spatial) matching `shape` = (B, K, *spatial); a batch of 1 serves all B."
     if cond is None: return
-    if not isinstance(cond, Tensor) or cond.dim() != len(shape) or cond.shape[0] != shape[0] or cond.shape[2:] != tuple(shape[2:]):
+    if (not isinstance(cond, Tensor) or cond.dim() != len(shape) or cond.shape[0] not in (1, shape[0])
+            or cond.shape[2:] != tuple(shape[2:])):
         raise PatchDDMError(where, f"cond of shape {tuple(getattr(cond, 'shape', ()))} does not match the "
-                            f"mask shape {tuple(shape)} (need the same batch size and spatial size)")
+                            f"mask shape {tuple(shape)} (need the same batch size, or 1, and the same spatial size)")
 
 def _check_eps(eps: Tensor, x: Tensor, where: str = "eps_fn") -> Tensor:
     "Raise unless the network output `eps` is a tensor shaped like `x`."
@@ -274,13 +292,17 @@ class _Evaluator:
         if not torch.isfinite(x0).all(): raise PatchDDMError(where, "the sample contains NaN or inf (check the network output)")
         return (x0, self.trajectory) if self.trajectory is not None else x0
 
-def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int | None,
+def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int | Sequence[int] | None,
            generator: torch.Generator | None, x_T: Tensor | None, where: str) -> tuple[Tensor, torch.Generator]:
-    "x_T (float32, on cond's or the Diffusion's device) and the generator the sampler draws from."
+    "x_T (float32, on cond's or the Diffusion's device) and the generator the sampler draws from; a list of seeds: one per member."
     shape = tuple(int(s) for s in shape)
     if len(shape) < 3 or min(shape) < 1:
         raise PatchDDMError(where, f"shape must be (B, K, *spatial) with every size ≥ 1, got {shape}")
     _check_cond(cond, shape, where)
+    if generator is None and isinstance(seed, (list, tuple, range)):
+        if not seed or shape[0] % len(seed):
+            raise PatchDDMError(where, f"{len(seed)} member seeds for a batch of {shape[0]}: the batch must be a multiple")
+        generator = MemberGenerators(seed)
     if generator is None: generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = x_T.device if x_T is not None else cond.device if cond is not None else self.device
     if x_T is None: return _randn(shape, generator, device), generator
@@ -290,7 +312,7 @@ def _start(self: Diffusion, cond: Tensor | None, shape: Sequence[int], seed: int
 # %% ../nbs/05_diffusion.ipynb #31b83f54
 @patch
 def ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
-         eta: float = 0.0, seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         eta: float = 0.0, seed: int | Sequence[int] | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
     "DDIM sample x0 of `shape` (B,K,...) with `steps` evaluations of eps_fn(x_t, t, cond (B,C,...)); η=0 is deterministic."
     if not eta >= 0: raise PatchDDMError("ddim", f"eta must be >= 0, got {eta}")
@@ -309,7 +331,7 @@ def ddim(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[in
 # %% ../nbs/05_diffusion.ipynb #318fb8cc
 @patch
 def ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int | None = None, *,
-         seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         seed: int | Sequence[int] | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False):
     "Ancestral DDPM sample x0 of `shape` (B,K,...) with `steps` (default T) evaluations of eps_fn(x_t, t, cond)."
     steps = self.T if steps is None else steps
@@ -331,7 +353,7 @@ def ddpm(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[in
 # %% ../nbs/05_diffusion.ipynb #ec3b27a4
 @patch
 def dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 20, *,
-             seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+             seed: int | Sequence[int] | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
              clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
              lower_order_final: bool = True):
     "DPM-Solver++(2M) sample x0 of `shape` (B,K,...) with `steps` evaluations of eps_fn(x_t, t, cond); deterministic."
@@ -354,7 +376,7 @@ def dpmpp_2m(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequenc
 
 @patch
 def heun(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], steps: int = 10, *,
-         seed: int | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
+         seed: int | Sequence[int] | None = 0, generator: torch.Generator | None = None, x_T: Tensor | None = None,
          clip_x0: bool = True, spacing: str | None = None, progress: bool = True, return_trajectory: bool = False,
          lower_order_final: bool = True):
     "Heun (Karras) sample x0 of `shape` (B,K,...) on a `steps`-point grid: `nfe('heun', steps)` evaluations of eps_fn; deterministic."
@@ -386,7 +408,7 @@ def nfe(solver: str, steps: int, lower_order_final: bool = True) -> int:
 
 @patch
 def sample(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], solver: str = "ddim",
-           steps: int = 20, seed: int | None = 0, **kwargs):
+           steps: int = 20, seed: int | Sequence[int] | None = 0, **kwargs):
     "Sample x0 of `shape` (B,K,...) in [−1,1] with `solver` in ddim | ddpm | dpm++2m | heun; kwargs go to the solver."
     nfe(solver, 1)                                                # validates the name
     if "eta" in kwargs and solver != "ddim" and kwargs["eta"]:
@@ -425,19 +447,29 @@ class EnsembleResult:
 def ensemble(self: Diffusion, eps_fn: EpsFn, cond: Tensor | None, shape: Sequence[int], n: int = 5, *,
              seed: int = 0, seeds: Sequence[int] | None = None, solver: str = "ddim", steps: int = 20,
              threshold: float = 0.0, keep_members: bool = False,
-             callback: Callable[[int, int, Tensor], None] | None = None, progress: bool = True, **kwargs) -> EnsembleResult:
-    "n samples of `shape` (B,K,...) from seeds `seed+k` (or `seeds`), binarised at `threshold` → probability, variance, mask."
+             callback: Callable[[int, int, Tensor], None] | None = None, progress: bool = True, batch: int = 1,
+             **kwargs) -> EnsembleResult:
+    "n samples of `shape` (B,K,...) from seeds `seed+k` (or `seeds`), `batch` members per call, binarised at `threshold` → probability, variance, mask."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise PatchDDMError("ensemble", f"n must be a positive integer, got {n!r}")
     nfe(solver, steps)                                           # validates the solver before any work
     seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != n: raise PatchDDMError("ensemble", f"got {len(seeds)} seeds for n={n} members")
     if "x_T" in kwargs or "generator" in kwargs: raise PatchDDMError("ensemble", "members are seeded by `seeds`; x_T/generator cannot be given")
-    stats, members = RunningStats(), ([] if keep_members else None)
-    for k, s in enumerate(tqdm(seeds, desc=f"ensemble ({solver} {steps})", disable=not progress)):
-        x0 = self.sample(eps_fn, cond, shape, solver=solver, steps=steps, seed=s, progress=False, **kwargs)
-        if callback is not None: callback(k, s, x0)
-        if members is not None: members.append(x0.cpu())
-        stats.update(x0 > threshold)
-        del x0
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise PatchDDMError("ensemble", f"batch must be a positive integer, got {batch!r}")
+    stats, members, B = RunningStats(), ([] if keep_members else None), int(shape[0])
+    bar = tqdm(total=n, desc=f"ensemble ({solver} {steps})", disable=not progress)
+    for k0 in range(0, n, batch):
+        chunk = seeds[k0:k0 + batch]
+        c = cond if cond is None or cond.shape[0] == 1 else cond.repeat(len(chunk), *[1] * (cond.dim() - 1))
+        x0s = self.sample(eps_fn, c, (len(chunk) * B, *shape[1:]), solver=solver, steps=steps, seed=chunk,
+                          progress=False, **kwargs)
+        for j, s in enumerate(chunk):                      # member k0 + j: rows j·B … (j+1)·B − 1
+            x0 = x0s[j * B:(j + 1) * B]
+            if callback is not None: callback(k0 + j, s, x0)
+            if members is not None: members.append(x0.cpu())
+            stats.update(x0 > threshold)
+        bar.update(len(chunk)); del x0s
+    bar.close()
     prob = torch.round(stats.mean * n) / n        # votes are 0/1: snap float drift to the exact fraction k/n
     return EnsembleResult(prob, stats.var, prob > 0.5, seeds, n * nfe(solver, steps), members)

@@ -18,9 +18,10 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .core import PatchDDMError
 
 # %% auto #0
-__all__ = ['SKIP_MODES', 'PRESETS', 'MkldnnConv3dFn', 'fast_conv', 'Conv3d', 'GroupNorm32', 'timestep_embedding', 'zero_module',
-           'ResBlock', 'InputConv', 'Downsample', 'Upsample', 'OutputHead', 'UNetConfig', 'preset_config', 'UNet3D',
-           'count_params', 'pad_to_multiple', 'unpad', 'activation_estimate']
+__all__ = ['SKIP_MODES', 'PRESETS', 'MkldnnConv3dFn', 'fast_conv', 'Conv3d', 'cpu_layout', 'GroupNorm32', 'GroupNormSiLUFn',
+           'per_sample', 'gn_silu', 'timestep_embedding', 'zero_module', 'ResBlock', 'InputConv', 'Downsample',
+           'Upsample', 'OutputHead', 'UNetConfig', 'preset_config', 'UNet3D', 'CondFeatures', 'count_params',
+           'pad_to_multiple', 'unpad', 'activation_estimate', 'inference_bytes']
 
 # %% ../nbs/04_model.ipynb #ac4a27ce
 class MkldnnConv3dFn(torch.autograd.Function):
@@ -75,14 +76,65 @@ class Conv3d(nn.Conv3d):
         if (_FAST_CONV["on"] and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
                 and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            if not torch.is_grad_enabled():               # inference: the oneDNN call itself, no autograd bookkeeping
+                return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(self.padding), list(self.stride),
+                                                         list(self.dilation), self.groups)
             return MkldnnConv3dFn.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return super()._conv_forward(x, weight, bias)
+
+def cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    "x (N, C, D, H, W) in channels-last-3d memory order (N, D, H, W, C) on the CPU while `fast_conv` is on; unchanged otherwise."
+    if _FAST_CONV["on"] and x.device.type == "cpu" and x.dim() == 5: return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
 
 # %% ../nbs/04_model.ipynb #f1cdbf8f
 class GroupNorm32(nn.GroupNorm):
     "GroupNorm computed in float32 whatever the input dtype; x (N, C, ...) → same shape and dtype."
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+class GroupNormSiLUFn(torch.autograd.Function):
+    "silu(group_norm(x)) for x (N, C, ...) → same shape and dtype, in float32; saves only x and the group statistics for backward."
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        xf, (N, C) = x.float(), x.shape[:2]
+        y, mean, rstd = torch.ops.aten.native_group_norm(xf, weight, bias, N, C, xf[0, 0].numel(), groups, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.conf = (groups, eps)
+        return F.silu(y, inplace=True).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        groups, eps = ctx.conf
+        xf, (N, C) = x.float(), x.shape[:2]
+        n = torch.ops.aten.native_group_norm(xf, weight, bias, N, C, xf[0, 0].numel(), groups, eps)[0]   # recomputed
+        s = torch.sigmoid(n)
+        dn = g.float() * s * (1 + n * (1 - s))                                 # d silu(n) / dn
+        del n, s
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn.contiguous(memory_format=_format_of(xf)), xf, mean,
+                                                                rstd, weight, N, C, xf[0, 0].numel(), groups, mask)
+        return (gx.to(x.dtype) if gx is not None else None), gw, gb, None, None
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    "The memory format x (N, C, D, H, W) is stored in: channels_last_3d or contiguous."
+    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+def per_sample(fn, x: torch.Tensor) -> torch.Tensor:
+    "fn(x) for x (B, ...); without gradients fn runs on each sample alone, so the result does not depend on the batch (GEMM vs GEMV rounding)."
+    if torch.is_grad_enabled() or x.shape[0] == 1: return fn(x)
+    return torch.cat([fn(x[i:i + 1]) for i in range(x.shape[0])])
+
+def gn_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    "silu(norm(x)), x (N, C, D, H, W) → same shape and dtype: with gradients one fused step; without, per sample and in place."
+    if torch.is_grad_enabled(): return GroupNormSiLUFn.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+    if x.shape[0] == 1: return F.silu(norm(x), inplace=True)
+    y = torch.empty_like(x)
+    for i in range(x.shape[0]): y[i:i + 1] = norm(x[i:i + 1])          # each sample alone: bit-identical to batch 1
+    return F.silu(y, inplace=True)
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     "Sinusoidal embedding (B, dim) of timesteps t (B,): cosines then sines of geometrically spaced frequencies."
@@ -111,10 +163,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if cin == cout else Conv3d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb)).to(h.dtype)[:, :, None, None, None]
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        h = self.conv1(gn_silu(self.norm1, x))
+        e = per_sample(lambda v: self.emb(F.silu(v)), emb)
+        h = h.add_(e.to(h.dtype)[:, :, None, None, None])    # in place: a conv output nobody saves    # in place: a conv output nobody saves
+        h = self.conv2(self.drop(gn_silu(self.norm2, h)))
+        return h.add_(self.skip(x))
 
 class InputConv(nn.Module):
     "conv3 x (B, cin, D, H, W) → (B, cout, D, H, W); ignores the time embedding."
@@ -140,7 +193,7 @@ class OutputHead(nn.Module):
     def __init__(self, ch: int, out_ch: int, groups: int):
         super().__init__()
         self.norm, self.conv = GroupNorm32(groups, ch), zero_module(Conv3d(ch, out_ch, 3, padding=1))
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor: return self.conv(F.silu(self.norm(x)))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor: return self.conv(gn_silu(self.norm, x))
 
 # %% ../nbs/04_model.ipynb #44d068bc
 SKIP_MODES = ("avg", "concat")
@@ -235,13 +288,14 @@ class UNet3D(nn.Module):
         self.blocks, self.roles = nn.ModuleList(blocks), tuple(roles)
         self.split = None                                   # set by `place` when split over two devices
 
-    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
-        "Validate x (B, in_ch, D, H, W) and return t as a (B,) tensor; a bad input raises `PatchDDMError`."
+    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | float, cond_ch: int = 0) -> torch.Tensor:
+        "Validate x (B, in_ch − cond_ch, D, H, W) and return t as a (B,) tensor; a bad input raises `PatchDDMError`."
         where, cfg = "UNet3D input", self.cfg
+        want = cfg.in_ch - cond_ch
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
-            raise PatchDDMError(where, f"expected x of shape (B, {cfg.in_ch}, D, H, W), got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
-        if x.shape[1] != cfg.in_ch:
-            raise PatchDDMError(where, f"expected {cfg.in_ch} input channels, got {x.shape[1]} (x of shape {tuple(x.shape)})")
+            raise PatchDDMError(where, f"expected x of shape (B, {want}, D, H, W), got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+        if x.shape[1] != want:
+            raise PatchDDMError(where, f"expected {want} input channels, got {x.shape[1]} (x of shape {tuple(x.shape)})")
         if any(s % cfg.multiple or s == 0 for s in x.shape[2:]):
             raise PatchDDMError(where, f"spatial size {tuple(x.shape[2:])} is not a multiple of {cfg.multiple} "
                                        f"(2^(levels−1) for {cfg.levels} levels); pad it with pad_to_multiple")
@@ -251,28 +305,55 @@ class UNet3D(nn.Module):
             raise PatchDDMError(where, f"expected timesteps t of shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
-        "Predicted noise (B, out_ch, D, H, W) for x (B, in_ch, D, H, W) at timesteps t (B,); output on the last block's device."
-        t = self.check_input(x, t)
-        emb0 = self.time_embed(timestep_embedding(t.to(self.time_embed[0].weight.device), self.cfg.base))
-        embs, skips, h = {}, [], x
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, cond_feats: "CondFeatures | None" = None) -> torch.Tensor:
+        "Predicted noise (B, out_ch, D, H, W) for x (B, in_ch, D, H, W) — or x_t alone with `cond_feats` — at timesteps t (B,)."
+        t = self.check_input(x, t, 0 if cond_feats is None else cond_feats.channels)
+        emb0 = per_sample(self.time_embed, timestep_embedding(t.to(self.time_embed[0].weight.device), self.cfg.base))
+        embs, skips, h = {}, [], cpu_layout(x)
         ckpt = self.cfg.checkpoint and torch.is_grad_enabled()
-        for block, role in zip(self.blocks, self.roles):
+        for i, (block, role) in enumerate(zip(self.blocks, self.roles)):
             dev = next(block.parameters()).device
             if dev not in embs: embs[dev] = emb0.to(dev)
             args = (h.to(dev), embs[dev])
             fn = block
             if role == "dec":
-                fn = self._merge_fn(block)
+                fn = self._merge_fn(block, in_place=not ckpt)
                 args = (args[0], skips.pop().to(dev), args[1])
-            h = _checkpoint(fn, *args, use_reentrant=False) if ckpt else fn(*args)
+            if i == 0 and cond_feats is not None: h = cond_feats.input_conv(block.conv, args[0])
+            else: h = _checkpoint(fn, *args, use_reentrant=False) if ckpt else fn(*args)
             if role in _PUSH: skips.append(h)
-        return h
+        return h.contiguous()
 
-    def _merge_fn(self, block: nn.Module):
-        "A function (h, skip, emb) → block(merge(h, skip), emb) for a decoder block."
-        if self.cfg.skip == "avg": return lambda h, s, e: block((h + s) / 2, e)
-        return lambda h, s, e: block(torch.cat([h, s], dim=1), e)
+    def _merge_fn(self, block: nn.Module, in_place: bool = False):
+        "A function (h, skip, emb) → block(merge(h, skip), emb) for a decoder block; `in_place` averages into h."
+        if self.cfg.skip == "concat": return lambda h, s, e: block(torch.cat([h, s], dim=1), e)
+        if in_place: return lambda h, s, e: block(h.add_(s).mul_(0.5), e)     # h: a block output nobody keeps
+        return lambda h, s, e: block((h + s) / 2, e)
+
+
+# %% ../nbs/04_model.ipynb #b1792b31
+@dataclass
+class CondFeatures:
+    "The conditioning's share of the input convolution, computed once per volume: feats (1, C0, D, H, W) = conv(cond, W[:, :channels]) + bias."
+    feats: torch.Tensor
+    channels: int
+
+    def input_conv(self, conv: nn.Conv3d, x_t: torch.Tensor) -> torch.Tensor:
+        "The input convolution of cat([cond, x_t], 1) as conv(x_t, W[:, channels:]) + feats: x_t (B, K, D, H, W) → (B, C0, D, H, W)."
+        h = conv._conv_forward(cpu_layout(x_t), conv.weight[:, self.channels:].contiguous(), None)
+        return h.add_(self.feats.to(h.dtype))
+
+@patch
+def cond_features(self: UNet3D, cond: torch.Tensor) -> CondFeatures:
+    "Precompute the input convolution's share of cond (1, C, D, H, W): the first C input channels (x_t comes last); no gradients."
+    conv, C = self.blocks[0].conv, int(cond.shape[1]) if cond.dim() == 5 else -1
+    if cond.dim() != 5 or cond.shape[0] != 1 or not 0 < C < self.cfg.in_ch:
+        raise PatchDDMError("UNet3D.cond_features", f"expected cond (1, C, D, H, W) with 0 < C < {self.cfg.in_ch}, "
+                                                   f"got {tuple(cond.shape)}")
+    with torch.no_grad():
+        feats = conv._conv_forward(cpu_layout(cond.to(conv.weight.device)), conv.weight[:, :C].contiguous(), conv.bias)
+    return CondFeatures(feats, C)
+
 
 # %% ../nbs/04_model.ipynb #feca7ab8
 def count_params(model: nn.Module) -> int:
@@ -329,3 +410,27 @@ def place(self: UNet3D, devices: Sequence[torch.device | str], split: int | None
     for i, block in enumerate(self.blocks): block.to(devs[0] if i < split else devs[1])
     self.split = split
     return self
+
+# %% ../nbs/04_model.ipynb #ac16fc1c
+def _block_live(block: nn.Module, role: str, cin: int, vox: int) -> int:
+    "Elements a no-grad `block` holds besides its input at `vox` output voxels: its outputs and temporaries."
+    if isinstance(block, ResBlock): return (2 + (block.cin != block.cout)) * block.cout * vox + block.cin * vox
+    if role == "up": return 2 * cin * vox                                     # the upsampled input and the conv output
+    if role == "out": return cin * vox + block.conv.out_channels * vox
+    return (block.conv.out_channels if hasattr(block, "conv") else cin) * vox
+
+def inference_bytes(model: "UNet3D", size: int | Sequence[int], batch: int = 1, element: int = 4) -> int:
+    "Estimated peak bytes of activations of a no-grad forward on (batch, in_ch, *size), `element` bytes per value (4: float32)."
+    size = (size,) * 3 if isinstance(size, int) else tuple(size)
+    vox, ch, skips, peak = math.prod(size), model.cfg.in_ch, [], 0
+    live_in = ch * vox                                                         # the running activation
+    for block, role in zip(model.blocks, model.roles):
+        if role == "down": vox //= 8
+        if role == "up": vox *= 8
+        held = sum(skips) + live_in
+        peak = max(peak, held + _block_live(block, role, ch, vox))
+        if role == "dec": skips.pop()
+        ch = block.cout if isinstance(block, ResBlock) else getattr(getattr(block, "conv", None), "out_channels", ch)
+        live_in = ch * vox
+        if role in _PUSH: skips.append(live_in)
+    return int(peak * batch * element)

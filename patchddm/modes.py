@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from .data import TARGETS
 from .core import PatchDDMError, autocast, choose, model_device, parse_devices
-from .diffusion import Diffusion, DiffusionConfig
+from .diffusion import Diffusion, DiffusionConfig, EpsFn, cat_cond
 from .model import UNet3D, UNetConfig
 from .patching import add_coords
 
 # %% auto #0
 __all__ = ['MODE_SPECS', 'MODES', 'PATCH_MODES', 'CKPT_FORMAT', 'ModeSpec', 'mode_spec', 'downsample_image', 'downsample_mask',
-           'upsample_x0', 'make_cond', 'sample_mask', 'load_checkpoint', 'Run', 'load_run']
+           'upsample_x0', 'make_cond', 'volume_eps_fn', 'sample_mask', 'load_checkpoint', 'Run', 'load_run']
 
 # %% ../nbs/07_modes.ipynb #3c75e641
 @dataclass(frozen=True)
@@ -86,6 +86,19 @@ def make_cond(image: torch.Tensor, mode: str) -> torch.Tensor:
     return downsample_image(image) if spec.scale == 2 else image
 
 # %% ../nbs/07_modes.ipynb #4195561e
+def volume_eps_fn(model: torch.nn.Module) -> EpsFn:
+    "eps_fn(x_t (B,K,...), t (B,), cond (1 or B,C,...)) → ε float32 of a network on whole inputs; a UNet3D gets cond's input-conv share once per cond."
+    cache: dict = {}
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is not None and cond.shape[0] == 1 and hasattr(model, "cond_features"):
+            dev = x_t.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+            if cache.get("cond") is not cond or cache.get("dtype") != dtype:       # a new volume (or precision)
+                cache.update(cond=cond, dtype=dtype, feats=model.cond_features(cond))
+            return model(x_t, t, cache["feats"]).to(x_t.device).float()
+        return model(cat_cond(cond, x_t), t).to(x_t.device).float()
+    return eps_fn
+
 def sample_mask(model: torch.nn.Module, diffusion: Diffusion, image: torch.Tensor | np.ndarray, mode: str,
                 steps: int = 10, solver: str = "ddim", seed: int = 0, amp: str = "none",
                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +109,7 @@ def sample_mask(model: torch.nn.Module, diffusion: Diffusion, image: torch.Tenso
         raise PatchDDMError("sample_mask", f"expected an image (4, S, S, S) or (1, 4, S, S, S), got {tuple(img.shape)}")
     dev, k = model_device(model), int(getattr(getattr(model, "cfg", None), "out_ch", 1))   # K: the target's channels
     cond = make_cond(img.float().to(dev), mode)
-    def eps_fn(x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return model(torch.cat([c, x_t], 1), t).to(x_t.device).float()
+    eps_fn = volume_eps_fn(model)
     was_training = model.training
     model.eval()
     try:

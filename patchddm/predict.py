@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 from .core import (DiskFullError, PatchDDMError, as_disk_full, autocast, check_amp, holds_lock, check_int, fmt_shape, stderr_line, model_device, read_json, replace_dir, save_json,
                            temp_dir_beside)
 from .data import PrepConfig, find_cases, prepare_case, regions_to_labels, restore_geometry, save_nifti
-from .diffusion import EpsFn, nfe
-from .modes import Run, load_run, make_cond, upsample_x0
+from .diffusion import EpsFn, cat_cond, nfe
+from .model import inference_bytes
+from .modes import Run, load_run, make_cond, upsample_x0, volume_eps_fn
 
 # %% auto #0
 __all__ = ['BLENDS', 'PRED_FORMAT', 'PRED_FILES', 'PRED_FULL_HINT', 'window_starts', 'window_weights', 'windowed_eps',
-           'make_eps_fn', 'VolumeSegmentation', 'segment_volume', 'member_volume', 'save_prediction', 'member_file',
-           'expected_files', 'open_run', 'inference_prep', 'segment']
+           'make_eps_fn', 'member_batch', 'VolumeSegmentation', 'segment_volume', 'member_volume', 'save_prediction',
+           'member_file', 'expected_files', 'open_run', 'inference_prep', 'segment']
 
 # %% ../nbs/10_predict.ipynb #5982deb7
 BLENDS = ("gaussian", "ramp", "constant")
@@ -60,23 +61,19 @@ def _sliding_window() -> Callable:
     from monai.inferers import sliding_window_inference
     return sliding_window_inference
 
-def _net_input(x_t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    "The network input cat([cond, x_t], 1) (B, C + 1, ...), or x_t alone without conditioning."
-    return x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], 1)
-
 def windowed_eps(model: Callable, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, window: int,
-                 overlap: float = 0.5, blend: str = "gaussian") -> torch.Tensor:
-    "ε of `model` at x_t (B, K, D, H, W), t (B,), cond (B, C, D, H, W) or None, from overlapping `window`³ crops blended → (B, K, D, H, W)."
+                 overlap: float = 0.5, blend: str = "gaussian", whole: EpsFn | None = None) -> torch.Tensor:
+    "ε of `model` at x_t (B, K, D, H, W), t (B,), cond (B or 1, C, D, H, W) or None, from overlapping `window`³ crops blended → (B, K, D, H, W)."
     m = _net_multiple(model)
     if window % m: raise PatchDDMError(f"window {window}", f"must be a multiple of {m} (2^(levels−1) of the network)")
     window_starts(1, 1, overlap)                                        # a PatchDDMError, not MONAI's ValueError
     size = tuple(x_t.shape[2:])
     win = tuple(min(window, n) for n in size)
-    if win == size: return model(_net_input(x_t, cond), t).float().to(x_t.device)
+    if win == size: return (whole or volume_eps_fn(model))(x_t, t, cond)     # one window: the whole-volume path
     def net(xw: torch.Tensor, where: list, condition: torch.Tensor | None = None) -> torch.Tensor:
         tw = torch.cat([t[s[0]] for s in where])                       # where[k][0]: the batch slice of window k
-        return model(_net_input(xw, condition), tw).float().to(x_t.device)
-    extra = {} if cond is None else dict(condition=cond)                # MONAI crops cond with each window
+        return model(cat_cond(condition, xw), tw).float().to(x_t.device)
+    extra = {} if cond is None else dict(condition=cond.expand(x_t.shape[0], *cond.shape[1:]))   # MONAI crops it
     return _sliding_window()(x_t, win, 1, net, overlap, roi_weight_map=window_weights(win, blend).to(x_t.device),
                              with_coord=True, **extra).float()
 
@@ -87,13 +84,24 @@ def make_eps_fn(model: Callable, window: int | None = None, overlap: float = 0.5
         raise PatchDDMError(f"window {window!r}", "must be a positive integer (voxels) or None")
     check_amp(amp); window_weights((1, 1, 1), blend); window_starts(1, 1, overlap)
     if window is not None: _sliding_window()                             # pay MONAI's import before sampling starts
+    whole = volume_eps_fn(model)                                         # caches cond's input-conv share per volume
     def eps_fn(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad(), autocast(amp, x_t.device.type):
-            if window is None: return model(_net_input(x_t, cond), t).float().to(x_t.device)
-            return windowed_eps(model, x_t, t, cond, window, overlap, blend)
+            if window is None: return whole(x_t, t, cond)
+            return windowed_eps(model, x_t, t, cond, window, overlap, blend, whole)
     return eps_fn
 
 # %% ../nbs/10_predict.ipynb #d1367db8
+def member_batch(model: torch.nn.Module, size: Sequence[int], ensemble: int, batch: int | str = "auto",
+                 window: int | None = None, amp: str = "none") -> int:
+    "Members per sampling call for volumes `size` (D, H, W): `batch` capped at `ensemble`, or 'auto' (see below)."
+    if batch != "auto": return min(check_int(batch, "batch", 1), ensemble)
+    dev = model_device(model)
+    if dev.type != "cuda" or window is not None or not hasattr(model, "cfg"): return 1
+    free = torch.cuda.mem_get_info(dev)[0]
+    per = inference_bytes(model, tuple(size), 1, 2 if amp != "none" else 4)
+    return max(1, min(ensemble, int(0.5 * free // max(per, 1))))
+
 @dataclass
 class VolumeSegmentation:
     "An ensemble segmentation on the network cube: mask bool, prob and var float32, each (S, S, S) or (K, S, S, S) for K region channels; member seeds."
@@ -109,8 +117,8 @@ def segment_volume(run: Run, image: np.ndarray | torch.Tensor, steps: int = 20, 
                    seed: int = 0, window: int | None = None, overlap: float = 0.5, blend: str = "gaussian",
                    amp: str = "none", keep_members: bool = False,
                    callback: Callable[[int, int, np.ndarray], None] | None = None,
-                   progress: bool = False) -> VolumeSegmentation:
-    "Ensemble-segment image (4, S, S, S) in [0, 1] with `run`; member k from seed + k → mask, prob, var (S, S, S), or (K, S, S, S) for K channels."
+                   progress: bool = False, batch: int | str = "auto") -> VolumeSegmentation:
+    "Ensemble-segment image (4, S, S, S) in [0, 1] with `run`, `batch` members at a time; member k from seed + k → mask, prob, var (S, S, S) or (K, S, S, S)."
     steps, ensemble, seed = check_int(steps, "steps", 1), check_int(ensemble, "ensemble", 1), check_int(seed, "seed", 0)
     n_eval = nfe(solver, steps)                                         # validates the solver name
     img = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not isinstance(image, torch.Tensor) else image.float()
@@ -125,19 +133,22 @@ def segment_volume(run: Run, image: np.ndarray | torch.Tensor, steps: int = 20, 
         raise PatchDDMError(f"window {window}", f"must be a multiple of {m} (2^(levels−1) of the network)")
     eps_fn = make_eps_fn(run.model, window, overlap, blend, amp)
     k_ch = len(run.channels)                                              # 1 (WT) or 3 (WT, TC, ET)
-    shape = (1, k_ch, *cond.shape[2:])
+    b = member_batch(run.model, cond.shape[2:], ensemble, batch, window, amp)
     count = torch.zeros((k_ch, *img.shape[1:]), dtype=torch.int32)
     members = [] if keep_members else None
     t0 = time.perf_counter()
     run.model.eval()
-    for k in tqdm(range(ensemble), desc=f"{solver} {steps} steps", disable=not progress, leave=False):
-        x0 = run.diffusion.sample(eps_fn, cond, shape, solver=solver, steps=steps, seed=seed + k, progress=False)
-        votes = (upsample_x0(x0, run.mode)[0] > 0).cpu()                    # (K, S, S, S)
-        count += votes
-        member = votes[0] if k_ch == 1 else votes
-        if callback is not None: callback(k, seed + k, member.numpy())
-        if members is not None: members.append(member.numpy())
+    for k0 in tqdm(range(0, ensemble, b), desc=f"{solver} {steps} steps ×{b}", disable=not progress, leave=False):
+        ks = range(k0, min(k0 + b, ensemble))                             # members sampled together, one seed each
+        x0 = run.diffusion.sample(eps_fn, cond, (len(ks), k_ch, *cond.shape[2:]), solver=solver, steps=steps,
+                                  seed=[seed + k for k in ks], progress=False)
+        votes = (upsample_x0(x0, run.mode) > 0).cpu()                     # (m, K, S, S, S)
         del x0
+        for j, k in enumerate(ks):
+            count += votes[j]
+            member = votes[j, 0] if k_ch == 1 else votes[j]
+            if callback is not None: callback(k, seed + k, member.numpy())
+            if members is not None: members.append(member.numpy())
     prob = (count.float() / ensemble).numpy()
     if k_ch == 1: prob = prob[0]
     return VolumeSegmentation(prob > 0.5, prob, prob * (1 - prob), [seed + k for k in range(ensemble)], ensemble * n_eval,
@@ -280,14 +291,16 @@ def _segment_cases(run: Run, cases: list, prep: PrepConfig, out: Path, kw: dict,
 def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str, steps: int = 20, solver: str = "ddim",
             ensemble: int = 5, seed: int = 0, window: int | None = None, save_members: bool = False,
             overwrite: bool = False, device: str = "auto", progress: bool = True, overlap: float = 0.5,
-            blend: str = "gaussian", amp: str = "none") -> dict:
+            blend: str = "gaussian", amp: str = "none", batch: int | str = "auto") -> dict:
     "Segment every case of `input` (a BraTS case folder or a folder of them) into OUT/<case_id>/{mask,prob,var[,labels]}.nii.gz → summary."
     t_start = time.perf_counter()
     inp, out, steps, ensemble, seed = _check_options(input, out_dir, steps, solver, ensemble, seed, window, overlap, blend, amp)
+    batch = batch if batch == "auto" else check_int(batch, "batch", 1)
     run = open_run(run_dir_or_ckpt, device)
     prep, m = inference_prep(run), _net_multiple(run.model)
     if window is not None and window % m: raise PatchDDMError(f"window {window}", f"must be a multiple of {m} for this network")
-    kw = dict(solver=solver, steps=steps, ensemble=ensemble, seed=seed, window=window, overlap=overlap, blend=blend, amp=amp)
+    kw = dict(solver=solver, steps=steps, ensemble=ensemble, seed=seed, window=window, overlap=overlap, blend=blend, amp=amp,
+              batch=batch)                                    # batch: how many members at once; never changes a mask
     settings = _jsonable(dict(format=PRED_FORMAT, checkpoint=str(run.path.resolve()), step=run.step, mode=run.mode, **kw,
                               prep=run.prep, target=run.target, spacing=prep.spacing))
     cases, bad = _prepare_pred_dir(out, inp, settings, overwrite,
