@@ -76,6 +76,8 @@ class Conv3d(nn.Conv3d):
         if (_FAST_CONV["on"] and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
                 and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            if _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
+                weight = weight.contiguous(memory_format=torch.channels_last_3d)   # oneDNN wants both in one order
             if not torch.is_grad_enabled():               # inference: the oneDNN call itself, no autograd bookkeeping
                 return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(self.padding), list(self.stride),
                                                          list(self.dilation), self.groups)
