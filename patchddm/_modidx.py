@@ -388,6 +388,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'patchddm.model._block_live': ('model.html#_block_live', 'patchddm/model.py'),
                                 'patchddm.model._block_saved': ('model.html#_block_saved', 'patchddm/model.py'),
                                 'patchddm.model._format_of': ('model.html#_format_of', 'patchddm/model.py'),
+                                'patchddm.model._native_bf16': ('model.html#_native_bf16', 'patchddm/model.py'),
                                 'patchddm.model.activation_estimate': ('model.html#activation_estimate', 'patchddm/model.py'),
                                 'patchddm.model.count_params': ('model.html#count_params', 'patchddm/model.py'),
                                 'patchddm.model.cpu_layout': ('model.html#cpu_layout', 'patchddm/model.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c99f2768
 from __future__ import annotations
-import contextlib, math
+import contextlib, functools, math
 from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .core import PatchDDMError
+from .core import PatchDDMError, cpu_has_bf16
 
 # %% auto #0
 __all__ = ['SKIP_MODES', 'PRESETS', 'MkldnnConv3dFn', 'fast_conv', 'Conv3d', 'cpu_layout', 'GroupNorm32', 'GroupNormSiLUFn',
@@ -70,19 +70,34 @@ def fast_conv(enabled: bool = True):
     try: yield
     finally: _FAST_CONV["on"] = old
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    "The memory format x (N, C, D, H, W) is stored in: channels_last_3d or contiguous."
+    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
+        and not x.is_contiguous() else torch.contiguous_format
+
 class Conv3d(nn.Conv3d):
     "`nn.Conv3d`, x (N, Cin, D, H, W) → (N, Cout, D', H', W'), that uses oneDNN forward and backward for float32 on the CPU."
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (_FAST_CONV["on"] and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-                and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
+        if not (_FAST_CONV["on"] and x.device.type == "cpu" and self.padding_mode == "zeros"
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            if _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
-                weight = weight.contiguous(memory_format=torch.channels_last_3d)   # oneDNN wants both in one order
-            if not torch.is_grad_enabled():               # inference: the oneDNN call itself, no autograd bookkeeping
-                return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(self.padding), list(self.stride),
-                                                         list(self.dilation), self.groups)
-            return MkldnnConv3dFn.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        return super()._conv_forward(x, weight, bias)
+            return super()._conv_forward(x, weight, bias)
+        if _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
+            weight = weight.contiguous(memory_format=torch.channels_last_3d)       # oneDNN wants both in one order
+        conf = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if torch.is_autocast_enabled("cpu"):
+            if torch.is_grad_enabled() or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _native_bf16():
+                return super()._conv_forward(x, weight, bias)
+            bf = torch.bfloat16                            # bf16 inference: oneDNN's native bf16 kernels directly
+            return torch.ops.aten.mkldnn_convolution(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf), *conf)
+        if x.dtype != torch.float32 or weight.dtype != torch.float32: return super()._conv_forward(x, weight, bias)
+        if not torch.is_grad_enabled():                    # inference: the oneDNN call itself, no autograd bookkeeping
+            return torch.ops.aten.mkldnn_convolution(x, weight, bias, *conf)
+        return MkldnnConv3dFn.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+@functools.cache
+def _native_bf16() -> bool:
+    "Whether this CPU has bf16 instructions (`core.cpu_has_bf16`), read once."
+    return cpu_has_bf16()
 
 def cpu_layout(x: torch.Tensor) -> torch.Tensor:
     "x (N, C, D, H, W) in channels-last-3d memory order (N, D, H, W, C) on the CPU while `fast_conv` is on; unchanged otherwise."
@@ -119,11 +134,6 @@ class GroupNormSiLUFn(torch.autograd.Function):
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn.contiguous(memory_format=_format_of(xf)), xf, mean,
                                                                 rstd, weight, N, C, xf[0, 0].numel(), groups, mask)
         return (gx.to(x.dtype) if gx is not None else None), gw, gb, None, None
-
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    "The memory format x (N, C, D, H, W) is stored in: channels_last_3d or contiguous."
-    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
-        and not x.is_contiguous() else torch.contiguous_format
 
 def per_sample(fn, x: torch.Tensor) -> torch.Tensor:
     "fn(x) for x (B, ...); without gradients fn runs on each sample alone, so the result does not depend on the batch (GEMM vs GEMV rounding)."
