@@ -18,7 +18,11 @@ Spec keys (all JSON):
               | {"kind": "run", "path": RUN_DIR, "which": "best"|"last"}
     size      [D, H, W]; batch; amp (null | "bf16" | "fp16"); device ("cpu" | "cuda"); threads; seed
     repeats, warmup   timing passes after the measured one: median wall and CPU (process) seconds of `repeats`
+    time_budget   seconds (optional): when the measured call shows that warmup + repeats passes would take longer,
+              the warm-up is dropped (the measured call was one) and repeats cut to what fits (at least 1)
     args      extra arguments for task "call"
+    root      the source tree whose `patchddm` the child imports (first on PYTHONPATH; default this repository's
+              root): e.g. a `git worktree` of an older revision. The result's `patchddm_file` says which was used.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class MeasureError(RuntimeError):
 def measure(spec: dict, timeout: float = 900) -> dict:
     "Run one measurement described by `spec` in a fresh subprocess and return its result dict."
     env = dict(os.environ, **MALLOC_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])])
+    root = Path(spec.get("root") or ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])])
     if spec.get("threads"): env["OMP_NUM_THREADS"] = str(spec["threads"])
     try:
         r = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)], capture_output=True,
@@ -226,8 +231,12 @@ def _call_fn(spec: dict, dev):
 
 def child(spec: dict) -> dict:
     "Run the measurement of `spec` in this process (see the module docstring)."
-    from patchddm.model import fast_conv
-    with fast_conv(spec.get("model", {}).get("fast", True)):        # False: our net on the reference Conv3d path
+    fast = spec.get("model", {}).get("fast", True)
+    try: from patchddm.model import fast_conv
+    except ImportError:                                             # a source tree (spec "root") without the switch
+        if not fast: raise
+        return _child(spec)
+    with fast_conv(fast):                                           # False: our net on the reference Conv3d path
         return _child(spec)
 
 
@@ -290,15 +299,19 @@ def _child(spec: dict) -> dict:
     else: total = _rss()["VmHWM"]
     if dev.type == "cpu": _heap_for_timing()
     times, cpu = [], []
-    for _ in range(int(spec.get("warmup", 0)) + int(spec.get("repeats", 1))):
+    w, n = int(spec.get("warmup", 0)), int(spec.get("repeats", 1))
+    if spec.get("time_budget") and first * (w + n) > float(spec["time_budget"]):
+        w, n = 0, max(1, min(n, int(float(spec["time_budget"]) // max(first, 1e-9))))
+    for _ in range(w + n):
         t0, c0 = time.perf_counter(), time.process_time()
         one()
         times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-    w = int(spec.get("warmup", 0))
     med = lambda v: sorted(v)[len(v) // 2]
     res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=med(times[w:]), seconds_all=times,
                cpu_seconds=med(cpu[w:]), cpu_seconds_all=cpu, seconds_first=first, params=params,
-               threads=torch.get_num_threads(), method=method, **info)
+               threads=torch.get_num_threads(), method=method, warmup=w, repeats=n, **info)
+    import patchddm
+    res["patchddm_file"] = patchddm.__file__        # which source tree was measured (spec "root")
     if finish is not None: res["call"] = finish()
     return res
 

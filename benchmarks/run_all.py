@@ -5,6 +5,7 @@ headline ratios against the paper's and the project's targets).
     python benchmarks/run_all.py --quick --out /tmp/bench    # smoke run (seconds; numbers meaningless)
     python benchmarks/run_all.py --overwrite --run RUN_DIR   # inference Dice and quality per compute on a trained run
     python benchmarks/run_all.py --only monai_compare --overwrite
+    python benchmarks/run_all.py --only speed --overwrite    # issue 17 before/after (≈25 min; 2 threads)
 
 Each measurement runs in a fresh subprocess. Targets are reported, never asserted.
 """
@@ -18,9 +19,9 @@ if str(HERE) not in sys.path: sys.path.insert(0, str(HERE))
 
 from patchddm.core import PatchDDMError, atomic_path, save_json
 
-import inference, memory_options, monai_compare, patch_vs_full, quality, report, skips
+import inference, memory_options, monai_compare, patch_vs_full, quality, report, skips, speed
 
-BENCHMARKS = {m.NAME: m for m in (patch_vs_full, skips, memory_options, monai_compare, inference, quality)}
+BENCHMARKS = {m.NAME: m for m in (patch_vs_full, skips, memory_options, monai_compare, inference, quality, speed)}
 README = HERE / "README.md"
 MARK_BEGIN, MARK_END = "<!-- results:begin (written by run_all.py --readme) -->", "<!-- results:end -->"
 
@@ -109,6 +110,10 @@ def summary_rows(docs: dict[str, dict]) -> list[dict]:
         else:
             for solver in ("ddim", "dpm++2m", "heun"):
                 for n, dice in r.get(solver, {}).items(): add("quality", f"Dice, {solver}, NFE {n}", dice)
+    if (d := docs.get("speed")):
+        r = d["results"]
+        if r.get("baseline") != "measured": add("speed", f"before: not measured (baseline {d['setup']['baseline'].get('rev')})", None)
+        for h in r.get("headline", []): add("speed", h["quantity"], h["value"], h["target"], h["verdict"])
     return rows
 
 
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     "'none': no run")
     ap.add_argument("--prep", type=Path, help="the run's preprocessed cache (default: the one it was trained on)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--threads", type=int, help="torch threads per measurement (default 1)")
+    ap.add_argument("--threads", type=int, help="torch threads per measurement (default 1; speed: 2, 1 with --quick)")
     ap.add_argument("--jobs", type=int, help="benchmarks run side by side (default 1; --quick: 3). Timings of a run "
                     "with jobs > 1 disturb each other: use it for smoke runs only")
     ap.add_argument("--readme", action="store_true", help="write the summary table into benchmarks/README.md")

@@ -87,8 +87,9 @@ class Conv3d(nn.Conv3d):
         if torch.is_autocast_enabled("cpu"):
             if torch.is_grad_enabled() or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _native_bf16():
                 return super()._conv_forward(x, weight, bias)
-            bf = torch.bfloat16                            # bf16 inference: oneDNN's native bf16 kernels directly
-            return torch.ops.aten.mkldnn_convolution(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf), *conf)
+            bf = torch.bfloat16                            # bf16 inference: oneDNN's native bf16 kernels, float32 between
+            y = torch.ops.aten.mkldnn_convolution(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf), *conf)
+            return y.float()
         if x.dtype != torch.float32 or weight.dtype != torch.float32: return super()._conv_forward(x, weight, bias)
         if not torch.is_grad_enabled():                    # inference: the oneDNN call itself, no autograd bookkeeping
             return torch.ops.aten.mkldnn_convolution(x, weight, bias, *conf)
@@ -352,8 +353,8 @@ class CondFeatures:
 
     def input_conv(self, conv: nn.Conv3d, x_t: torch.Tensor) -> torch.Tensor:
         "The input convolution of cat([cond, x_t], 1) as conv(x_t, W[:, channels:]) + feats: x_t (B, K, D, H, W) → (B, C0, D, H, W)."
-        h = conv._conv_forward(cpu_layout(x_t), conv.weight[:, self.channels:].contiguous(), None)
-        return h.add_(self.feats.to(h.dtype))
+        h = conv._conv_forward(x_t, conv.weight[:, self.channels:].contiguous(), None)    # K = 1: layouts coincide
+        return cpu_layout(h).add_(self.feats.to(h.dtype))                  # the rest of the network in feats' layout
 
 @patch
 def cond_features(self: UNet3D, cond: torch.Tensor) -> CondFeatures:

@@ -20,6 +20,7 @@ CSV_COLUMNS = {
     "memory_options": {"option", "amp", "checkpointing", "peak_MiB", "seconds", "memory_ratio", "time_ratio"},
     "monai_compare": {"size", "net", "params", "peak_MiB", "seconds"},
     "inference": {"call", "mode", "volume", "window", "peak_MiB", "seconds"},
+    "speed": {"part", "item", "config", "size", "batch", "side", "peak_MiB", "seconds", "seconds_per_member"},
 }
 RESULT_KEYS = {
     "patch_vs_full": {"memory_ratio", "time_ratio", "memory_ratio_with_state"},
@@ -80,11 +81,36 @@ def test_optional_benchmark_files(quick_results, name):
         assert doc["results"]["dice"] == "n/a"                     # untrained network in the quick run
 
 
+def test_speed_results(quick_results):
+    "speed (issue 17): before (a git worktree of the baseline) and after, each from its own source tree."
+    doc = _doc(quick_results, "speed")
+    assert doc["setup"]["quick"] is True and CSV_COLUMNS["speed"] <= _csv_columns(quick_results / "speed.csv")
+    assert (quick_results / "speed.png").stat().st_size > 1000
+    r, base = doc["results"], doc["setup"]["baseline"]
+    assert r["errors"] == [] and {"train", "forward", "segment", "headline"} <= set(r)
+    assert all(row["peak_MiB"] > 0 and row["seconds"] > 0 for row in doc["rows"])
+    sides = {row["side"] for row in doc["rows"]}
+    assert "after" in sides
+    for row in doc["rows"]:                                    # each side imported its own package
+        if row["side"].startswith("after"): assert row["patchddm_file"].startswith(str(ROOT / "patchddm"))
+    if r["baseline"] == "measured":                            # git and the revision are there (a checkout)
+        assert "before" in sides and len(base["commit"]) == 40
+        assert all(not row["patchddm_file"].startswith(str(ROOT)) for row in doc["rows"] if row["side"] == "before")
+        assert not Path(base["path"]).exists()                 # the worktree was removed
+        train = r["train"]["Q 16³"]
+        assert {"before", "after", "time_ratio", "memory_ratio"} <= set(train) and train["time_ratio"] > 0
+        seg = r["segment"]["32³"]["after / before"]
+        assert {"time_ratio", "memory_ratio", "masks"} <= set(seg) and seg["masks"]["cases"]
+    else:
+        assert any("baseline not measured" in n for n in doc["notes"])
+    assert any(h["quantity"].startswith("segment 32³") for h in r["headline"])
+
+
 def test_summary(quick_results):
     s = json.loads((quick_results / "summary.json").read_text())
     assert s["failed"] == [] and s["quick"] is True and MACHINE_KEYS <= set(s["machine"])
     benches = {r["benchmark"] for r in s["rows"]}
-    assert set(MEASURED) <= benches
+    assert set(MEASURED) | {"speed"} <= benches
     assert {"benchmark", "quantity", "measured", "target", "verdict"} <= _csv_columns(quick_results / "summary.csv")
     assert "| benchmark |" in (quick_results / "summary.md").read_text()
 
