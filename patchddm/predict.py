@@ -95,6 +95,8 @@ def make_eps_fn(model: Callable, window: int | None = None, overlap: float = 0.5
 def member_batch(model: torch.nn.Module, size: Sequence[int], ensemble: int, batch: int | str = "auto",
                  window: int | None = None, amp: str = "none") -> int:
     "Members per sampling call for volumes `size` (D, H, W): `batch` capped at `ensemble`, or 'auto' (see below)."
+    if isinstance(batch, str) and batch != "auto":
+        raise PatchDDMError(f"batch {batch!r}", "must be a positive integer or 'auto'")
     if batch != "auto": return min(check_int(batch, "batch", 1), ensemble)
     dev = model_device(model)
     if dev.type != "cuda" or window is not None or not hasattr(model, "cfg"): return 1
@@ -295,7 +297,7 @@ def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str,
     "Segment every case of `input` (a BraTS case folder or a folder of them) into OUT/<case_id>/{mask,prob,var[,labels]}.nii.gz → summary."
     t_start = time.perf_counter()
     inp, out, steps, ensemble, seed = _check_options(input, out_dir, steps, solver, ensemble, seed, window, overlap, blend, amp)
-    batch = batch if batch == "auto" else check_int(batch, "batch", 1)
+    member_batch(torch.nn.Linear(1, 1), (1, 1, 1), 1, batch)             # a bad batch: one line before anything runs
     run = open_run(run_dir_or_ckpt, device)
     prep, m = inference_prep(run), _net_multiple(run.model)
     if window is not None and window % m: raise PatchDDMError(f"window {window}", f"must be a multiple of {m} for this network")
