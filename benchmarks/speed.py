@@ -402,13 +402,7 @@ def _opt(extra: list[str], name: str, kind=str):
     return kind(extra[extra.index(name) + 1]) if name in extra else None
 
 
-def _native_bf16() -> bool:
-    "Whether this CPU has native bf16 instructions (patchddm.core.cpu_has_bf16)."
-    from patchddm.core import cpu_has_bf16
-    return cpu_has_bf16()
-
-
-def segment_part(b: Bench, sizes: list[int], cases: int) -> tuple[dict, dict]:
+def segment_part(b: Bench, sizes: list[int], cases: int, bf16: bool) -> tuple[dict, dict]:
     "`segment` per volume size: before, after (default, and --batch 1 / 5 where the option exists) → results, setup."
     if b.quick: sizes, cases = [32], 1
     fx_root = b.base or ROOT
@@ -424,7 +418,7 @@ def segment_part(b: Bench, sizes: list[int], cases: int) -> tuple[dict, dict]:
         setup["after_segment_has_batch_option"] = batch_opt
         variants = [(side, root, []) for side, root in b.sides()]
         if batch_opt: variants += [(f"after --batch {n}", ROOT, ["--batch", str(n)]) for n in BATCHES]
-        if batch_opt and _native_bf16():                                 # bf16 autocast: faster, masks may move
+        if batch_opt and bf16:                                           # bf16 autocast: faster, masks may move
             variants += [(f"after --amp bf16 --batch {n}", ROOT, ["--amp", "bf16", "--batch", str(n)]) for n in BATCHES]
         for size in sizes:
             try: fx = make_fixture(tmp, size, cfg_name, b.configs[cfg_name], fx_root, b.threads, b.device, cases)
@@ -540,7 +534,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, device: str = "
             t1 = time.time()
             if part == "train": results["train"] = train_part(b, configs)
             elif part == "forward": results["forward"] = forward_part(b, configs, sizes, bf16)
-            else: results["segment"], setup["segment_fixture"] = segment_part(b, sizes, cases or 2)
+            else: results["segment"], setup["segment_fixture"] = segment_part(b, sizes, cases or 2, bf16)
             secs[part] = round(time.time() - t1, 1)
             print(f"  {part}: {secs[part]:.0f} s", flush=True)
         setup["seconds_per_part"] = secs

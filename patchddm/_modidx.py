@@ -459,6 +459,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'patchddm.predict._segment_case': ('predict.html#_segment_case', 'patchddm/predict.py'),
                                   'patchddm.predict._segment_cases': ('predict.html#_segment_cases', 'patchddm/predict.py'),
                                   'patchddm.predict._sliding_window': ('predict.html#_sliding_window', 'patchddm/predict.py'),
+                                  'patchddm.predict.check_batch': ('predict.html#check_batch', 'patchddm/predict.py'),
                                   'patchddm.predict.expected_files': ('predict.html#expected_files', 'patchddm/predict.py'),
                                   'patchddm.predict.inference_prep': ('predict.html#inference_prep', 'patchddm/predict.py'),
                                   'patchddm.predict.make_eps_fn': ('predict.html#make_eps_fn', 'patchddm/predict.py'),

@@ -110,8 +110,7 @@ class Diffusion(nn.Module):
 class MemberGenerators:
     "One CPU generator per ensemble member (seeds s_1 … s_m): a draw of (m·B, ...) is m draws of (B, ...), one from each member's generator."
     def __init__(self, seeds: Sequence[int]):
-        self.seeds = [int(s) for s in seeds]
-        self.gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape: Sequence[int], device: torch.device | str) -> Tensor:
         "Standard normal float32 (m·B, ...) on `device`: member k's rows come from generator k alone, as if it were sampled by itself."

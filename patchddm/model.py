@@ -178,7 +178,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(gn_silu(self.norm1, x))
         e = per_sample(lambda v: self.emb(F.silu(v)), emb)
-        h = h.add_(e.to(h.dtype)[:, :, None, None, None])    # in place: a conv output nobody saves    # in place: a conv output nobody saves
+        h = h.add_(e.to(h.dtype)[:, :, None, None, None])    # in place: a conv output nobody saves
         h = self.conv2(self.drop(gn_silu(self.norm2, h)))
         return h.add_(self.skip(x))
 

@@ -22,8 +22,8 @@ from .modes import Run, load_run, make_cond, upsample_x0, volume_eps_fn
 
 # %% auto #0
 __all__ = ['BLENDS', 'PRED_FORMAT', 'PRED_FILES', 'PRED_FULL_HINT', 'window_starts', 'window_weights', 'windowed_eps',
-           'make_eps_fn', 'member_batch', 'VolumeSegmentation', 'segment_volume', 'member_volume', 'save_prediction',
-           'member_file', 'expected_files', 'open_run', 'inference_prep', 'segment']
+           'make_eps_fn', 'check_batch', 'member_batch', 'VolumeSegmentation', 'segment_volume', 'member_volume',
+           'save_prediction', 'member_file', 'expected_files', 'open_run', 'inference_prep', 'segment']
 
 # %% ../nbs/10_predict.ipynb #5982deb7
 BLENDS = ("gaussian", "ramp", "constant")
@@ -92,12 +92,16 @@ def make_eps_fn(model: Callable, window: int | None = None, overlap: float = 0.5
     return eps_fn
 
 # %% ../nbs/10_predict.ipynb #d1367db8
+def check_batch(batch: int | str) -> int | str:
+    "`batch` if it is 'auto' or an integer ≥ 1 (members per sampling call), else a one-line error."
+    if isinstance(batch, str) and batch != "auto":
+        raise PatchDDMError(f"batch {batch!r}", "must be a positive integer or 'auto'")
+    return batch if batch == "auto" else check_int(batch, "batch", 1)
+
 def member_batch(model: torch.nn.Module, size: Sequence[int], ensemble: int, batch: int | str = "auto",
                  window: int | None = None, amp: str = "none") -> int:
     "Members per sampling call for volumes `size` (D, H, W): `batch` capped at `ensemble`, or 'auto' (see below)."
-    if isinstance(batch, str) and batch != "auto":
-        raise PatchDDMError(f"batch {batch!r}", "must be a positive integer or 'auto'")
-    if batch != "auto": return min(check_int(batch, "batch", 1), ensemble)
+    if check_batch(batch) != "auto": return min(batch, ensemble)
     dev = model_device(model)
     if dev.type != "cuda" or window is not None or not hasattr(model, "cfg"): return 1
     free = torch.cuda.mem_get_info(dev)[0]
@@ -297,7 +301,7 @@ def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str,
     "Segment every case of `input` (a BraTS case folder or a folder of them) into OUT/<case_id>/{mask,prob,var[,labels]}.nii.gz → summary."
     t_start = time.perf_counter()
     inp, out, steps, ensemble, seed = _check_options(input, out_dir, steps, solver, ensemble, seed, window, overlap, blend, amp)
-    member_batch(torch.nn.Linear(1, 1), (1, 1, 1), 1, batch)             # a bad batch: one line before anything runs
+    batch = check_batch(batch)                                          # a bad batch: one line before anything runs
     run = open_run(run_dir_or_ckpt, device)
     prep, m = inference_prep(run), _net_multiple(run.model)
     if window is not None and window % m: raise PatchDDMError(f"window {window}", f"must be a multiple of {m} for this network")
