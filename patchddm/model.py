@@ -18,33 +18,64 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .core import PatchDDMError, cpu_has_bf16
 
 # %% auto #0
-__all__ = ['SKIP_MODES', 'PRESETS', 'MkldnnConv3dFn', 'fast_conv', 'Conv3d', 'cpu_layout', 'GroupNorm32', 'GroupNormSiLUFn',
-           'per_sample', 'gn_silu', 'timestep_embedding', 'zero_module', 'ResBlock', 'InputConv', 'Downsample',
-           'Upsample', 'OutputHead', 'UNetConfig', 'preset_config', 'UNet3D', 'CondFeatures', 'count_params',
-           'pad_to_multiple', 'unpad', 'activation_estimate', 'inference_bytes']
+__all__ = ['SKIP_MODES', 'PRESETS', 'fold_weight', 'unfold_output', 'onednn_conv', 'MkldnnConv3dFn', 'fast_conv', 'Conv3d',
+           'fold_conv', 'cpu_layout', 'GroupNorm32', 'GroupNormSiLUFn', 'per_sample', 'gn_silu', 'timestep_embedding',
+           'zero_module', 'ResBlock', 'InputConv', 'Downsample', 'Upsample', 'OutputHead', 'UNetConfig',
+           'preset_config', 'UNet3D', 'CondFeatures', 'count_params', 'pad_to_multiple', 'unpad', 'activation_estimate',
+           'inference_bytes']
 
 # %% ../nbs/04_model.ipynb #ac4a27ce
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    "The memory format x (N, C, D, H, W) is stored in: channels_last_3d or contiguous."
+    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Weight (Cout, Cin, 3, 3, 3) → (k·Cout, Cin, 3, 3, k+2) whose block p is the kernel shifted p voxels along W; bias repeated k times."
+    if k == 1: return weight, bias
+    wk = torch.cat([F.pad(weight, (p, k - 1 - p)) for p in range(k)])
+    return wk.contiguous(memory_format=torch.channels_last_3d), (None if bias is None else bias.repeat(k))
+
+def unfold_output(y: torch.Tensor, k: int) -> torch.Tensor:
+    "y (N, k·Cout, D, H, W/k) of a folded convolution → (N, Cout, D, H, W), channels-last: a view, no copy."
+    if k == 1: return y
+    N, kc, D, H, Wk = y.shape
+    y = y.contiguous(memory_format=torch.channels_last_3d)          # already so: oneDNN keeps its input's order
+    return y.permute(0, 2, 3, 4, 1).reshape(N, D, H, Wk * k, kc // k).permute(0, 4, 1, 2, 3)
+
+def onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int,
+                fold: int = 1) -> torch.Tensor:
+    "oneDNN convolution x (N, Cin, D, H, W) → (N, Cout, D', H', W'), or with `fold` k > 1 the folded (N, k·Cout, D, H, W/k)."
+    weight, bias = fold_weight(weight, bias, fold)
+    stride = [1, 1, fold] if fold > 1 else list(stride)
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), stride, list(dilation), groups)
+
+def _native_backward_slow(x: torch.Tensor) -> bool:
+    "Whether PyTorch's CPU convolution heuristic sends x (1, C, D, H, W) to its slow im2col kernel (batch 1, C·D·H ≤ 20480)."
+    return x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= 20480
+
 class MkldnnConv3dFn(torch.autograd.Function):
-    "3D convolution x (N, Cin, D, H, W), w (Cout, Cin/groups, k, k, k) → (N, Cout, D', H', W') on oneDNN, backward included."
+    "3D convolution x (N, Cin, D, H, W), w (Cout, Cin/groups, k, k, k) → (N, Cout, D', H', W') on oneDNN, backward included; folded output with `fold` > 1."
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, fold=1):
         ctx.save_for_backward(x, weight)
-        ctx.conf = (list(stride), list(padding), list(dilation), groups, bias is not None)
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), list(stride), list(dilation), groups)
+        ctx.conf = (list(stride), list(padding), list(dilation), groups, bias is not None, fold)
+        return onednn_conv(x, weight, bias, stride, padding, dilation, groups, fold)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
+        stride, padding, dilation, groups, has_bias, fold = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
         bias_sizes = [weight.shape[0]] if has_bias else None
-        gy = gy.contiguous()
+        if fold > 1: gy = unfold_output(gy, fold)          # the plain convolution's gradient: cheaper than the folded one
+        gy = gy.contiguous(memory_format=_format_of(x))    # in x's order, so oneDNN reorders neither
         d_out, s, p = gy.shape[2], stride[0], padding[0]
-        if x.shape[0] > 1 or d_out < 2 or d_out % 2:
+        if not _native_backward_slow(x) or d_out < 2 or d_out % 2:
             gx, gw, gb = torch.ops.aten.convolution_backward(gy, x, weight, bias_sizes, stride, padding, dilation,
                                                              False, [0, 0, 0], groups, mask)
-        else:   # batch 1: two depth halves with their halo as a batch of 2, which oneDNN accepts
+        else:   # two depth halves with their halo as a batch of 2, which the heuristic sends to oneDNN
             h = d_out // 2
             span = (h - 1) * s + (weight.shape[2] - 1) * dilation[0] + 1     # padded input depth one half reads
             xp = F.pad(x, (0, 0, 0, 0, p, p))
@@ -58,7 +89,8 @@ class MkldnnConv3dFn(torch.autograd.Function):
                 gxp[:, :, :span] += gx2[:1]
                 gxp[:, :, h * s:h * s + span] += gx2[1:]
                 gx = gxp[:, :, p:p + x.shape[2]]
-        return gx, gw, (gb if mask[2] else None), None, None, None, None
+        return gx, gw, (gb if mask[2] else None), None, None, None, None, None
+
 
 # %% ../nbs/04_model.ipynb #2dbf6721
 _FAST_CONV = {"on": True}
@@ -70,11 +102,6 @@ def fast_conv(enabled: bool = True):
     try: yield
     finally: _FAST_CONV["on"] = old
 
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    "The memory format x (N, C, D, H, W) is stored in: channels_last_3d or contiguous."
-    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
-        and not x.is_contiguous() else torch.contiguous_format
-
 class Conv3d(nn.Conv3d):
     "`nn.Conv3d`, x (N, Cin, D, H, W) → (N, Cout, D', H', W'), that uses oneDNN forward and backward for float32 on the CPU."
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -83,17 +110,38 @@ class Conv3d(nn.Conv3d):
             return super()._conv_forward(x, weight, bias)
         if _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
             weight = weight.contiguous(memory_format=torch.channels_last_3d)       # oneDNN wants both in one order
-        conf = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if torch.is_autocast_enabled("cpu"):
             if torch.is_grad_enabled() or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _native_bf16():
                 return super()._conv_forward(x, weight, bias)
             bf = torch.bfloat16                            # bf16 inference: oneDNN's native bf16 kernels, float32 between
-            y = torch.ops.aten.mkldnn_convolution(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf), *conf)
-            return y.float()
+            return self._onednn(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf)).float()
         if x.dtype != torch.float32 or weight.dtype != torch.float32: return super()._conv_forward(x, weight, bias)
-        if not torch.is_grad_enabled():                    # inference: the oneDNN call itself, no autograd bookkeeping
-            return torch.ops.aten.mkldnn_convolution(x, weight, bias, *conf)
-        return MkldnnConv3dFn.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._onednn(x, weight, bias)
+
+    def _onednn(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        "oneDNN convolution x (N, Cin, D, H, W) → (N, Cout, D', H', W'): folded where `_fold` says so; autograd only with grad."
+        conf, k = (self.stride, self.padding, self.dilation, self.groups), self._fold(x)
+        if not torch.is_grad_enabled(): y = onednn_conv(x, weight, bias, *conf, k)    # no autograd bookkeeping
+        else: y = MkldnnConv3dFn.apply(x, weight, bias, *conf, k)
+        return unfold_output(y, k)
+
+    def _fold(self, x: torch.Tensor) -> int:
+        "Fold factor k for x (N, Cin, D, H, W): > 1 for a no-grad 3×3×3, stride-1 convolution with < 16 outputs on channels-last x."
+        if not (_FOLD["on"] and not torch.is_grad_enabled() and self.kernel_size == (3, 3, 3) and self.stride == (1, 1, 1) and self.padding == (1, 1, 1)
+                and self.dilation == (1, 1, 1) and self.groups == 1 and self.out_channels < 16
+                and _format_of(x) is torch.channels_last_3d):
+            return 1
+        k = min(8, 1 << (math.ceil(16 / self.out_channels) - 1).bit_length())   # k·Cout ≥ 16 (one AVX-512 register)
+        return k if x.shape[-1] % k == 0 else 1
+
+_FOLD = {"on": True}
+
+@contextlib.contextmanager
+def fold_conv(enabled: bool = True):
+    "Context manager: let `Conv3d` fold W into output channels where it pays (default on), or not."
+    old, _FOLD["on"] = _FOLD["on"], bool(enabled)
+    try: yield
+    finally: _FOLD["on"] = old
 
 @functools.cache
 def _native_bf16() -> bool:
@@ -128,11 +176,10 @@ class GroupNormSiLUFn(torch.autograd.Function):
         groups, eps = ctx.conf
         xf, (N, C) = x.float(), x.shape[:2]
         n = torch.ops.aten.native_group_norm(xf, weight, bias, N, C, xf[0, 0].numel(), groups, eps)[0]   # recomputed
-        s = torch.sigmoid(n)
-        dn = g.float() * s * (1 + n * (1 - s))                                 # d silu(n) / dn
-        del n, s
+        dn = torch.ops.aten.silu_backward(g.float().contiguous(memory_format=_format_of(xf)), n)   # g · silu'(n), one pass
+        del n
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn.contiguous(memory_format=_format_of(xf)), xf, mean,
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn, xf, mean,
                                                                 rstd, weight, N, C, xf[0, 0].numel(), groups, mask)
         return (gx.to(x.dtype) if gx is not None else None), gw, gb, None, None
 
