@@ -92,7 +92,8 @@ finally:
 
 # ------------------------------------------------------------------------------------------------------ source trees
 def _git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=120).stdout
+    return out.rstrip() if args[:1] == ("status",) else out.strip()     # porcelain lines start with a status column
 
 
 def tree_facts() -> dict:
