@@ -1,11 +1,11 @@
 """Run every benchmark and write benchmarks/results/<name>.json + .csv + .png, plus summary.json/.csv/.md (the
 headline ratios against the paper's and the project's targets).
 
-    python benchmarks/run_all.py --overwrite                 # the full run (≈10 min on 2 CPU cores, + 26 min for speed)
+    python benchmarks/run_all.py --overwrite                 # the full run (≈10 min on 2 CPU cores, + 19–26 min for speed)
     python benchmarks/run_all.py --quick --out /tmp/bench    # smoke run (seconds; numbers meaningless)
     python benchmarks/run_all.py --overwrite --run RUN_DIR   # inference Dice and quality per compute on a trained run
     python benchmarks/run_all.py --only monai_compare --overwrite
-    python benchmarks/run_all.py --only speed --overwrite    # issue 17 before/after (≈26 min; 2 threads)
+    python benchmarks/run_all.py --only speed --overwrite    # issue 17 before/after (≈19–26 min; 2 threads)
 
 Each measurement runs in a fresh subprocess. Targets are reported, never asserted.
 """
