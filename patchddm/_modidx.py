@@ -392,6 +392,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'patchddm.model._format_of': ('model.html#_format_of', 'patchddm/model.py'),
                                 'patchddm.model._native_backward_slow': ('model.html#_native_backward_slow', 'patchddm/model.py'),
                                 'patchddm.model._native_bf16': ('model.html#_native_bf16', 'patchddm/model.py'),
+                                'patchddm.model._switched': ('model.html#_switched', 'patchddm/model.py'),
                                 'patchddm.model.activation_estimate': ('model.html#activation_estimate', 'patchddm/model.py'),
                                 'patchddm.model.count_params': ('model.html#count_params', 'patchddm/model.py'),
                                 'patchddm.model.cpu_layout': ('model.html#cpu_layout', 'patchddm/model.py'),

@@ -93,14 +93,18 @@ class MkldnnConv3dFn(torch.autograd.Function):
 
 
 # %% ../nbs/04_model.ipynb #2dbf6721
-_FAST_CONV = {"on": True}
+_FAST_CONV, _FOLD = {"on": True}, {"on": True}
 
 @contextlib.contextmanager
+def _switched(flag: dict, enabled: bool):
+    "Set flag['on'] to `enabled` inside the block, restore it after."
+    old, flag["on"] = flag["on"], bool(enabled)
+    try: yield
+    finally: flag["on"] = old
+
 def fast_conv(enabled: bool = True):
     "Context manager: route CPU float32 `Conv3d` layers through `MkldnnConv3dFn` (default on) or through `F.conv3d`."
-    old, _FAST_CONV["on"] = _FAST_CONV["on"], bool(enabled)
-    try: yield
-    finally: _FAST_CONV["on"] = old
+    return _switched(_FAST_CONV, enabled)
 
 class Conv3d(nn.Conv3d):
     "`nn.Conv3d`, x (N, Cin, D, H, W) → (N, Cout, D', H', W'), that uses oneDNN forward and backward for float32 on the CPU."
@@ -134,14 +138,9 @@ class Conv3d(nn.Conv3d):
         k = min(8, 1 << (math.ceil(16 / self.out_channels) - 1).bit_length())   # k·Cout ≥ 16 (one AVX-512 register)
         return k if x.shape[-1] % k == 0 else 1
 
-_FOLD = {"on": True}
-
-@contextlib.contextmanager
 def fold_conv(enabled: bool = True):
     "Context manager: let `Conv3d` fold W into output channels where it pays (default on), or not."
-    old, _FOLD["on"] = _FOLD["on"], bool(enabled)
-    try: yield
-    finally: _FOLD["on"] = old
+    return _switched(_FOLD, enabled)
 
 @functools.cache
 def _native_bf16() -> bool:
