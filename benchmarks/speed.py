@@ -92,8 +92,8 @@ finally:
 
 # ------------------------------------------------------------------------------------------------------ source trees
 def _git(*args: str, cwd: Path = ROOT) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=120).stdout
-    return out.rstrip() if args[:1] == ("status",) else out.strip()     # porcelain lines start with a status column
+    "git's output, trailing whitespace removed (leading whitespace is data: porcelain status lines start with a column)."
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=120).stdout.rstrip()
 
 
 def tree_facts() -> dict:

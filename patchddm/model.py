@@ -112,28 +112,29 @@ class Conv3d(nn.Conv3d):
         if not (_FAST_CONV["on"] and x.device.type == "cpu" and self.padding_mode == "zeros"
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
             return super()._conv_forward(x, weight, bias)
-        if _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
+        k = self._fold(x)                                  # a folded weight is built channels-last anyway
+        if k == 1 and _format_of(x) is torch.channels_last_3d and not weight.is_contiguous(memory_format=torch.channels_last_3d):
             weight = weight.contiguous(memory_format=torch.channels_last_3d)       # oneDNN wants both in one order
         if torch.is_autocast_enabled("cpu"):
             if torch.is_grad_enabled() or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _native_bf16():
                 return super()._conv_forward(x, weight, bias)
             bf = torch.bfloat16                            # bf16 inference: oneDNN's native bf16 kernels, float32 between
-            return self._onednn(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf)).float()
+            return self._onednn(x.to(bf), weight.to(bf), None if bias is None else bias.to(bf), k).float()
         if x.dtype != torch.float32 or weight.dtype != torch.float32: return super()._conv_forward(x, weight, bias)
-        return self._onednn(x, weight, bias)
+        return self._onednn(x, weight, bias, k)
 
-    def _onednn(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        "oneDNN convolution x (N, Cin, D, H, W) → (N, Cout, D', H', W'): folded where `_fold` says so; autograd only with grad."
-        conf, k = (self.stride, self.padding, self.dilation, self.groups), self._fold(x)
+    def _onednn(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+        "oneDNN convolution x (N, Cin, D, H, W) → (N, Cout, D', H', W'), folded by k (`_fold`); autograd only with grad."
+        conf = (self.stride, self.padding, self.dilation, self.groups)
         if not torch.is_grad_enabled(): y = onednn_conv(x, weight, bias, *conf, k)    # no autograd bookkeeping
         else: y = MkldnnConv3dFn.apply(x, weight, bias, *conf, k)
         return unfold_output(y, k)
 
     def _fold(self, x: torch.Tensor) -> int:
         "Fold factor k for x (N, Cin, D, H, W): > 1 for a no-grad 3×3×3, stride-1 convolution with < 16 outputs on channels-last x."
-        if not (_FOLD["on"] and not torch.is_grad_enabled() and self.kernel_size == (3, 3, 3) and self.stride == (1, 1, 1) and self.padding == (1, 1, 1)
-                and self.dilation == (1, 1, 1) and self.groups == 1 and self.out_channels < 16
-                and _format_of(x) is torch.channels_last_3d):
+        if not (_FOLD["on"] and not torch.is_grad_enabled() and self.kernel_size == (3, 3, 3)
+                and self.stride == (1, 1, 1) and self.padding == (1, 1, 1) and self.dilation == (1, 1, 1)
+                and self.groups == 1 and self.out_channels < 16 and _format_of(x) is torch.channels_last_3d):
             return 1
         k = min(8, 1 << (math.ceil(16 / self.out_channels) - 1).bit_length())   # k·Cout ≥ 16 (one AVX-512 register)
         return k if x.shape[-1] % k == 0 else 1
@@ -178,8 +179,8 @@ class GroupNormSiLUFn(torch.autograd.Function):
         dn = torch.ops.aten.silu_backward(g.float().contiguous(memory_format=_format_of(xf)), n)   # g · silu'(n), one pass
         del n
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn, xf, mean,
-                                                                rstd, weight, N, C, xf[0, 0].numel(), groups, mask)
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dn, xf, mean, rstd, weight, N, C, xf[0, 0].numel(),
+                                                                groups, mask)
         return (gx.to(x.dtype) if gx is not None else None), gw, gb, None, None
 
 def per_sample(fn, x: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ def check_batch(batch: int | str) -> int | str:
 def member_batch(model: torch.nn.Module, size: Sequence[int], ensemble: int, batch: int | str = "auto",
                  window: int | None = None, amp: str = "none") -> int:
     "Members per sampling call for volumes `size` (D, H, W): `batch` capped at `ensemble`, or 'auto' (see below)."
-    if check_batch(batch) != "auto": return min(batch, ensemble)
+    if (b := check_batch(batch)) != "auto": return min(b, ensemble)
     dev = model_device(model)
     if dev.type != "cuda" or window is not None or not hasattr(model, "cfg"): return 1
     free = torch.cuda.mem_get_info(dev)[0]
