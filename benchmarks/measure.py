@@ -70,11 +70,16 @@ def _rss() -> dict[str, int]:
 
 
 def _heap_for_timing() -> None:
-    "After the memory pass: let glibc reuse its heap again (mmap per block costs time)."
+    """After the memory pass: the heap settings the measured tree samples and trains with. A tree with
+    `patchddm.core.tune_allocator` (its `segment` and `train` keep freed blocks up to `KEEP_FREED_BYTES`) gets those;
+    an older one 32 MiB mmap / 128 MiB trim thresholds, close to where glibc's own dynamic thresholds settle."""
     try:
         import ctypes
+        from patchddm import core
+        keep = getattr(core, "KEEP_FREED_BYTES", None)
+        mmap_threshold, trim_threshold = (keep, keep) if keep else (32 * 2**20, 128 * 2**20)
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20); libc.mallopt(-1, 128 * 2**20)
+        libc.mallopt(-3, mmap_threshold); libc.mallopt(-1, trim_threshold)
     except (OSError, AttributeError):
         pass
 

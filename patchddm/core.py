@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DISK_FULL_ERRNOS', 'DISK_FULL_HINT', 'LOCK_FILE', 'PatchDDMError', 'Settings', 'find_settings_file', 'load_settings',
-           'DiskFullError', 'as_disk_full', 'disk_errors', 'ErrnoWriter', 'atomic_path', 'save_json', 'save_torch',
-           'prepare_output_dir', 'read_json', 'check_new_file', 'check_output_dir', 'temp_dir_beside', 'replace_dir',
-           'check_writable', 'acquire_lock', 'release_lock', 'holds_lock', 'save_fig', 'finish_figure', 'choose',
-           'fmt_shape', 'check_int', 'stderr_line', 'seed_everything', 'pick_device', 'cpu_has_bf16', 'check_amp',
-           'autocast', 'model_device', 'parse_devices']
+__all__ = ['DISK_FULL_ERRNOS', 'DISK_FULL_HINT', 'LOCK_FILE', 'KEEP_FREED_BYTES', 'PatchDDMError', 'Settings',
+           'find_settings_file', 'load_settings', 'DiskFullError', 'as_disk_full', 'disk_errors', 'ErrnoWriter',
+           'atomic_path', 'save_json', 'save_torch', 'prepare_output_dir', 'read_json', 'check_new_file',
+           'check_output_dir', 'temp_dir_beside', 'replace_dir', 'check_writable', 'acquire_lock', 'release_lock',
+           'holds_lock', 'save_fig', 'finish_figure', 'choose', 'fmt_shape', 'check_int', 'stderr_line',
+           'seed_everything', 'pick_device', 'cpu_has_bf16', 'check_amp', 'autocast', 'model_device', 'parse_devices',
+           'glibc_malloc', 'tune_allocator']
 
 # %% ../nbs/00_core.ipynb #49aae864
 class PatchDDMError(Exception):
@@ -436,3 +437,37 @@ def parse_devices(spec: str, rank: int = 0) -> list[torch.device]:
     devs = [_cuda_shift(d, rank * len(devs)) for d in devs]
     for d in devs: pick_device(str(d))                       # the shifted index must exist too
     return devs
+
+# %% ../nbs/00_core.ipynb #c1a70c02
+KEEP_FREED_BYTES = 2**30                       # glibc mmap and trim thresholds `tune_allocator` sets: 1 GiB
+_tuned_allocator: str | None = None
+
+def glibc_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
+    "Set glibc's mmap and trim thresholds (bytes) of this process; False where malloc is not glibc's."
+    if not sys.platform.startswith("linux"): return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.mallopt(-3, mmap_threshold) == 1 and libc.mallopt(-1, trim_threshold) == 1  # M_MMAP_/M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+def _user_allocator() -> str | None:
+    "The environment setting by which the user chose the allocator or its settings, if any."
+    if os.environ.get("PATCHDDM_ALLOCATOR", "") == "system": return "PATCHDDM_ALLOCATOR=system"
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX"):
+        if k in os.environ: return f"{k} is set"
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""): return "GLIBC_TUNABLES sets malloc"
+    if "malloc" in os.environ.get("LD_PRELOAD", ""): return "LD_PRELOAD has its own malloc"
+    return None
+
+def tune_allocator() -> str:
+    "Once per process: let glibc keep freed blocks up to `KEEP_FREED_BYTES` for reuse (no page faults on re-allocation) → what was done."
+    global _tuned_allocator
+    if _tuned_allocator is None:
+        why = _user_allocator()
+        if why: _tuned_allocator = f"left as it is ({why})"
+        elif glibc_malloc(KEEP_FREED_BYTES, KEEP_FREED_BYTES): _tuned_allocator = "glibc keeps freed blocks up to 1 GiB"
+        else: _tuned_allocator = "left as it is (not glibc)"
+    return _tuned_allocator
+

@@ -30,11 +30,19 @@ def _format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
         and not x.is_contiguous() else torch.contiguous_format
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    "t (N, C, D, H, W) in channels-last-3d order with channels-last strides, also for C = 1 (where oneDNN would read NCDHW and answer in it)."
+    t = t.contiguous(memory_format=torch.channels_last_3d)
+    if t.shape[1] == 1 and t.stride(1) != 1:                       # C = 1: the same bytes, only the channel stride differs
+        N, C, D, H, W = t.shape
+        t = t.as_strided(t.shape, (D * H * W, 1, H * W, W, 1), t.storage_offset())
+    return t
+
 def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     "Weight (Cout, Cin, 3, 3, 3) → (k·Cout, Cin, 3, 3, k+2) whose block p is the kernel shifted p voxels along W; bias repeated k times."
     if k == 1: return weight, bias
     wk = torch.cat([F.pad(weight, (p, k - 1 - p)) for p in range(k)])
-    return wk.contiguous(memory_format=torch.channels_last_3d), (None if bias is None else bias.repeat(k))
+    return _channels_last(wk), (None if bias is None else bias.repeat(k))
 
 def unfold_output(y: torch.Tensor, k: int) -> torch.Tensor:
     "y (N, k·Cout, D, H, W/k) of a folded convolution → (N, Cout, D, H, W), channels-last: a view, no copy."
@@ -134,7 +142,7 @@ class Conv3d(nn.Conv3d):
         "Fold factor k for x (N, Cin, D, H, W): > 1 for a no-grad 3×3×3, stride-1 convolution with < 16 outputs on channels-last x."
         if not (_FOLD["on"] and not torch.is_grad_enabled() and self.kernel_size == (3, 3, 3)
                 and self.stride == (1, 1, 1) and self.padding == (1, 1, 1) and self.dilation == (1, 1, 1)
-                and self.groups == 1 and self.out_channels < 16 and _format_of(x) is torch.channels_last_3d):
+                and self.groups == 1 and self.out_channels < 16 and x.is_contiguous(memory_format=torch.channels_last_3d)):
             return 1
         k = min(8, 1 << (math.ceil(16 / self.out_channels) - 1).bit_length())   # k·Cout ≥ 16 (one AVX-512 register)
         return k if x.shape[-1] % k == 0 else 1

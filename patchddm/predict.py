@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import (DiskFullError, PatchDDMError, as_disk_full, autocast, check_amp, holds_lock, check_int, fmt_shape, stderr_line, model_device, read_json, replace_dir, save_json,
-                           temp_dir_beside)
+                           temp_dir_beside, tune_allocator)
 from .data import PrepConfig, find_cases, prepare_case, regions_to_labels, restore_geometry, save_nifti
 from .diffusion import EpsFn, cat_cond, nfe
 from .model import inference_bytes
@@ -142,6 +142,7 @@ def segment_volume(run: Run, image: np.ndarray | torch.Tensor, steps: int = 20, 
     b = member_batch(run.model, cond.shape[2:], ensemble, batch, window, amp)
     count = torch.zeros((k_ch, *img.shape[1:]), dtype=torch.int32)
     members = [] if keep_members else None
+    tune_allocator()                                                      # see core: no page faults per evaluation
     t0 = time.perf_counter()
     run.model.eval()
     for k0 in tqdm(range(0, ensemble, b), desc=f"{solver} {steps} steps ×{b}", disable=not progress, leave=False):

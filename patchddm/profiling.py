@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .core import PatchDDMError, check_int, check_new_file, pick_device, save_json
+from .core import PatchDDMError, check_int, check_new_file, glibc_malloc, KEEP_FREED_BYTES, pick_device, save_json
 from .model import UNet3D, UNetConfig, count_params, fast_conv, preset_config
 from .modes import mode_spec
 
@@ -29,15 +29,6 @@ def _rss_status() -> dict[str, int]:
     return out
 
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
-
-def _glibc_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
-    "Set glibc's mmap and trim thresholds (bytes) of this process; False where this is not glibc."
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt(-3, mmap_threshold) == 1 and libc.mallopt(-1, trim_threshold) == 1  # M_MMAP_/M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 def _tensor_peak(fn) -> int:
     "Peak bytes of live CPU tensors allocated while `fn()` runs, from the profiler's allocation records."
@@ -88,7 +79,7 @@ def _peak_memory_child(spec: dict) -> dict:
         elif method == "ru_maxrss": total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         else: total = _rss_status()["VmHWM"]
         tensor_peak = _tensor_peak(lambda: one(x, t)) if dev.type == "cpu" and spec["tensors"] else None
-        if dev.type == "cpu": _glibc_malloc(32 * 2**20, 128 * 2**20)                 # timing: reuse the heap again
+        if dev.type == "cpu": glibc_malloc(KEEP_FREED_BYTES, KEEP_FREED_BYTES)       # timing: the heap `segment`/`train` use
         times, cpu_times = [], []
         for _ in range(spec["warmup"] + spec["repeats"]):
             t0, c0 = time.perf_counter(), time.process_time()

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .core import (DiskFullError, PatchDDMError, as_disk_full, autocast, check_writable, cpu_has_bf16, disk_errors, parse_devices, prepare_output_dir, save_json, save_torch,
-                           seed_everything)
+                           seed_everything, tune_allocator)
 from .data import CACHE_LABELS, TARGETS, PreparedDataset, cache_spacing, target_channels
 from .diffusion import PREDICTIONS, Diffusion, DiffusionConfig
 from .metrics import dice
@@ -551,6 +551,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if resume and overwrite: raise PatchDDMError(cfg.run_dir, "choose either resume or overwrite, not both")
     cfg, info = check_config(cfg, d.local_rank)
     check_writable(cfg.run_dir)                               # a read-only folder: one line now, not after the first hour
+    tune_allocator()                                          # reuse freed activations instead of page-faulting them
     own_group = d.world_size > 1 and not dist.is_initialized()
     if own_group:
         cuda = info["devices"][0].type == "cuda"
