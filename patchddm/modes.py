@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import TARGETS
-from .core import PatchDDMError, autocast, choose, model_device, parse_devices
+from .core import PatchDDMError, autocast, choose, model_device, parse_devices, tune_allocator
 from .diffusion import Diffusion, DiffusionConfig, EpsFn, cat_cond
 from .model import UNet3D, UNetConfig
 from .patching import add_coords
@@ -110,6 +110,7 @@ def sample_mask(model: torch.nn.Module, diffusion: Diffusion, image: torch.Tenso
     dev, k = model_device(model), int(getattr(getattr(model, "cfg", None), "out_ch", 1))   # K: the target's channels
     cond = make_cond(img.float().to(dev), mode)
     eps_fn = volume_eps_fn(model)
+    tune_allocator()                                                # see core: no page faults per evaluation
     was_training = model.training
     model.eval()
     try:
