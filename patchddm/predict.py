@@ -311,7 +311,8 @@ def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str,
     settings = _jsonable(dict(format=PRED_FORMAT, checkpoint=str(run.path.resolve()), step=run.step, mode=run.mode, **kw,
                               prep=run.prep, target=run.target, spacing=prep.spacing))
     cases, bad = _prepare_pred_dir(out, inp, settings, overwrite,
-                                   dict(save_members=save_members, device=str(model_device(run.model))))
+                                   dict(save_members=save_members, device=str(model_device(run.model)),
+                                        allocator=tune_allocator()))
     for e in bad: stderr_line(f"error: {e}", progress)
     done, skipped, failed, secs = _segment_cases(run, cases, prep, out, kw, save_members, overwrite, progress)
     failed = [dict(case=str(e).split(":")[0], error=str(e)) for e in bad] + failed
