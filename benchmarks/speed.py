@@ -444,11 +444,13 @@ def segment_part(b: Bench, sizes: list[int], cases: int, bf16: bool) -> tuple[di
                     print(f"  segment {size}³ {side:18s} {r['seconds_per_case']:8.2f} s/case, wall {r['wall_seconds']:7.1f} s, "
                           f"peak RSS {r['peak_rss_MiB']:7.1f} MiB" + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else ""),
                           flush=True)
-                    if rnd == 0: item[side], outs[side] = dict(r, seconds_per_case_rounds=[]), o   # masks: round 1
+                    if rnd == 0:                                         # masks: round 1's folder
+                        item[side], outs[side] = dict(r, seconds_per_case_rounds=[], wall_seconds_rounds=[]), o
                     else: shutil.rmtree(o, ignore_errors=True)
-                    item[side]["seconds_per_case_rounds"].append(r["seconds_per_case"])
-                    item[side]["wall_seconds_rounds"] = item[side].get("wall_seconds_rounds", []) + [r["wall_seconds"]]
-                    item[side]["peak_rss_MiB"] = max(item[side]["peak_rss_MiB"], r["peak_rss_MiB"])
+                    acc = item[side]
+                    acc["seconds_per_case_rounds"].append(r["seconds_per_case"])
+                    acc["wall_seconds_rounds"].append(r["wall_seconds"])
+                    acc["peak_rss_MiB"] = max(acc["peak_rss_MiB"], r["peak_rss_MiB"])
             for side, root, extra in variants:
                 r = item.get(side)
                 if r is None: continue

@@ -34,7 +34,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     "t (N, C, D, H, W) in channels-last-3d order with channels-last strides, also for C = 1 (where oneDNN would read NCDHW and answer in it)."
     t = t.contiguous(memory_format=torch.channels_last_3d)
     if t.shape[1] == 1 and t.stride(1) != 1:                       # C = 1: the same bytes, only the channel stride differs
-        N, C, D, H, W = t.shape
+        D, H, W = t.shape[2:]
         t = t.as_strided(t.shape, (D * H * W, 1, H * W, W, 1), t.storage_offset())
     return t
 
