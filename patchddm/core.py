@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DISK_FULL_ERRNOS', 'DISK_FULL_HINT', 'LOCK_FILE', 'KEEP_FREED_BYTES', 'PatchDDMError', 'Settings',
-           'find_settings_file', 'load_settings', 'DiskFullError', 'as_disk_full', 'disk_errors', 'ErrnoWriter',
-           'atomic_path', 'save_json', 'save_torch', 'prepare_output_dir', 'read_json', 'check_new_file',
+__all__ = ['DISK_FULL_ERRNOS', 'DISK_FULL_HINT', 'LOCK_FILE', 'KEEP_FREED_BYTES', 'ALLOCATOR_CHOICES', 'PatchDDMError',
+           'Settings', 'find_settings_file', 'load_settings', 'DiskFullError', 'as_disk_full', 'disk_errors',
+           'ErrnoWriter', 'atomic_path', 'save_json', 'save_torch', 'prepare_output_dir', 'read_json', 'check_new_file',
            'check_output_dir', 'temp_dir_beside', 'replace_dir', 'check_writable', 'acquire_lock', 'release_lock',
            'holds_lock', 'save_fig', 'finish_figure', 'choose', 'fmt_shape', 'check_int', 'stderr_line',
            'seed_everything', 'pick_device', 'cpu_has_bf16', 'check_amp', 'autocast', 'model_device', 'parse_devices',
@@ -452,9 +452,15 @@ def glibc_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
     except (OSError, AttributeError):
         return False
 
+ALLOCATOR_CHOICES = ("system", "tuned")        # PATCHDDM_ALLOCATOR: leave glibc's malloc alone, or tune it (unset: tuned)
+
 def _user_allocator() -> str | None:
-    "The environment setting by which the user chose the allocator or its settings, if any."
-    if os.environ.get("PATCHDDM_ALLOCATOR", "") == "system": return "PATCHDDM_ALLOCATOR=system"
+    "The environment setting by which the user chose the allocator or its settings, if any; an unknown PATCHDDM_ALLOCATOR is an error."
+    choice = os.environ.get("PATCHDDM_ALLOCATOR", "").strip()
+    if choice and choice not in ALLOCATOR_CHOICES:
+        raise PatchDDMError("PATCHDDM_ALLOCATOR", f"unknown value {choice!r}; use 'system' (leave glibc's malloc as it is) "
+                                                  "or 'tuned' (the default: keep freed blocks for reuse)")
+    if choice == "system": return "PATCHDDM_ALLOCATOR=system"
     for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX"):
         if k in os.environ: return f"{k} is set"
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""): return "GLIBC_TUNABLES sets malloc"

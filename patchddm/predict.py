@@ -303,6 +303,7 @@ def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str,
     t_start = time.perf_counter()
     inp, out, steps, ensemble, seed = _check_options(input, out_dir, steps, solver, ensemble, seed, window, overlap, blend, amp)
     batch = check_batch(batch)                                          # a bad batch: one line before anything runs
+    allocator = tune_allocator()                                        # before the weights: a bad PATCHDDM_ALLOCATOR, one line
     run = open_run(run_dir_or_ckpt, device)
     prep, m = inference_prep(run), _net_multiple(run.model)
     if window is not None and window % m: raise PatchDDMError(f"window {window}", f"must be a multiple of {m} for this network")
@@ -312,7 +313,7 @@ def segment(run_dir_or_ckpt: Path | str, input: Path | str, out_dir: Path | str,
                               prep=run.prep, target=run.target, spacing=prep.spacing))
     cases, bad = _prepare_pred_dir(out, inp, settings, overwrite,
                                    dict(save_members=save_members, device=str(model_device(run.model)),
-                                        allocator=tune_allocator()))
+                                        allocator=allocator))
     for e in bad: stderr_line(f"error: {e}", progress)
     done, skipped, failed, secs = _segment_cases(run, cases, prep, out, kw, save_members, overwrite, progress)
     failed = [dict(case=str(e).split(":")[0], error=str(e)) for e in bad] + failed

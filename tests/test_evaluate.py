@@ -108,6 +108,20 @@ def test_segment_refuses_to_overwrite_without_the_flag(run_dir, segmented, phant
     assert json.loads((out / "segment.json").read_text())["ensemble"] == 3
 
 
+def test_unknown_allocator_setting_is_one_line_before_any_work(run_dir, phantom_data, tmp_path):
+    "PATCHDDM_ALLOCATOR takes 'system' or 'tuned': another value stops segment and train with one line, nothing written."
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PATCHDDM_ALLOCATOR="off")
+    for args in (["segment", run_dir, phantom_data.raw, tmp_path / "pred", "--steps", 1, "--ensemble", 1],
+                 ["train", run_dir.parent / "prep", tmp_path / "run", "--preset", "tiny", "--steps", 1]):
+        r = subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode != 0, (args[0], r.stdout, r.stderr)
+        _no_traceback(r)
+        lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+        assert len(lines) == 1 and "PATCHDDM_ALLOCATOR: unknown value 'off'" in lines[0], (args[0], r.stderr)
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "run").exists()
+
+
 def test_interrupted_folder_run_resumes(run_dir, raw, tmp_path):
     out = tmp_path / "pred"
     cmd = [sys.executable, "-m", "patchddm.cli", "segment", str(run_dir), str(raw), str(out), "--steps", "4",
