@@ -21,6 +21,8 @@ Spec keys (all JSON):
     time_budget   seconds (optional): when the measured call shows that warmup + repeats passes would take longer,
               the warm-up is dropped (the measured call was one) and repeats cut to what fits (at least 1)
     args      extra arguments for task "call"
+    op_shares true: one more (untimed) pass under torch.profiler on the CPU → `op_shares` (the 8 largest shares of self
+              CPU time by operator) and `convolution_share` (the share of operators named *conv*)
     root      the source tree whose `patchddm` the child imports (first on PYTHONPATH; default this repository's
               root): e.g. a `git worktree` of an older revision. The result's `patchddm_file` says which was used.
 """
@@ -311,14 +313,27 @@ def _child(spec: dict) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         one()
         times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
+    shares = _op_shares(one) if spec.get("op_shares") and dev.type == "cpu" else {}
     med = lambda v: sorted(v)[len(v) // 2]
     res = dict(peak_bytes=total - base, baseline_bytes=base, seconds=med(times[w:]), seconds_all=times,
                cpu_seconds=med(cpu[w:]), cpu_seconds_all=cpu, seconds_first=first, params=params,
-               threads=torch.get_num_threads(), method=method, warmup=w, repeats=n, **info)
+               threads=torch.get_num_threads(), method=method, warmup=w, repeats=n, **shares, **info)
     import patchddm
     res["patchddm_file"] = patchddm.__file__        # which source tree was measured (spec "root")
     if finish is not None: res["call"] = finish()
     return res
+
+
+def _op_shares(one) -> dict:
+    "Run `one` once under torch.profiler → shares of self CPU time: the 8 largest operators and all convolutions."
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof: one()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    share = {e.key: e.self_cpu_time_total / total for e in events}
+    top = sorted(share.items(), key=lambda kv: -kv[1])[:8]
+    return dict(op_shares={k: round(v, 4) for k, v in top},
+                convolution_share=round(sum(v for k, v in share.items() if "conv" in k), 4))
 
 
 if __name__ == "__main__":

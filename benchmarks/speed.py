@@ -149,7 +149,8 @@ def _side(r: dict, batch: int = 1) -> dict:
     return dict(seconds=round(r["seconds"], 4), cpu_seconds=round(r["cpu_seconds"], 4),
                 seconds_per_member=round(r["seconds"] / batch, 4), peak_MiB=round(r["peak_bytes"] / report.MiB, 1),
                 seconds_all=[round(s, 4) for s in r["seconds_all"]], warmup=r.get("warmup"), repeats=r.get("repeats"),
-                params=r["params"], patchddm_file=r.get("patchddm_file"))
+                params=r["params"], patchddm_file=r.get("patchddm_file"),
+                **{k: r[k] for k in ("convolution_share", "op_shares") if k in r})
 
 
 def _ratios(before: dict | None, after: dict | None, prefix: str = "") -> dict:
@@ -171,14 +172,15 @@ class Bench:
         return ([("before", self.base)] if self.base is not None else []) + [("after", ROOT)]
 
     def measure(self, side: str, root: Path, task: str, cfg: str, size: int, batch: int = 1, amp: str | None = None,
-                budget: float | None = None) -> dict | None:
-        "One measurement (None, with the error noted, if it failed)."
+                budget: float | None = None, shares: bool = False) -> dict | None:
+        "One measurement (None, with the error noted, if it failed); `shares`: also the profiler's operator shares."
         label = f"{task} {cfg} {size}³ batch {batch}{' ' + amp if amp else ''} ({side})"
         train = task == "train"
         spec = dict(task=task, model=dict(kind="ours", cfg=self.configs[cfg]), size=[size] * 3, batch=batch, amp=amp,
                     device=self.device, threads=self.threads if self.device == "cpu" else None, seed=0,
                     repeats=1 if self.quick else self.repeats, warmup=0 if self.quick else 1,
-                    time_budget=None if (train or self.quick) else budget, root=str(root), label=label)
+                    time_budget=None if (train or self.quick) else budget, root=str(root), label=label,
+                    op_shares=shares)
         try:
             r = M.measure(spec, timeout=1800)
             _check_tree(r, root, label)
@@ -242,11 +244,11 @@ def forward_part(b: Bench, configs: list[str], sizes: list[int], bf16: bool) -> 
                     out[key] = dict(config=cfg, size=size, batch=batch, status="skipped", note=why)
                     b.notes.append(f"forward {key}: skipped ({why})"); print(f"  forward {key}: skipped ({why})")
                     continue
-                got = {side: b.measure(side, root, "forward", cfg, size, batch, budget=FORWARD_BUDGET)
-                       for side, root in b.sides()}
+                got = {side: b.measure(side, root, "forward", cfg, size, batch, budget=FORWARD_BUDGET,
+                                       shares=side == "after") for side, root in b.sides()}
                 with_bf16 = bf16 and not (b.quick and batch > 1)          # --quick: bf16 at batch 1 only
                 if with_bf16: got["after_bf16"] = b.measure("after", ROOT, "forward", cfg, size, batch, "bf16",
-                                                            FORWARD_BUDGET)
+                                                            FORWARD_BUDGET, shares=True)
                 res = dict(config=cfg, size=size, batch=batch, **got, **_ratios(got.get("before"), got.get("after")),
                            **_params_check(b, cfg, {k: v for k, v in got.items() if k != "after_bf16"}))
                 if with_bf16: res.update(_ratios(got.get("before"), got.get("after_bf16"), "bf16_"))
@@ -278,6 +280,10 @@ def _vs_authors(out: dict, cfg: str, size: int, ref: tuple[float, float]) -> dic
         if tag and a1 is None and a5 is None: continue
         res[f"{tag}time_per_member_1_vs_authors"] = _scaled(report.ratio(per(a1), per(before)), ref[0])
         res[f"{tag}time_per_member_5_vs_authors"] = _scaled(report.ratio(per(a5), per(before)), ref[0])
+        conv = (a5 or {}).get("convolution_share")            # what the convolutions alone of that evaluation cost
+        res[f"{tag}convolutions_only_time_per_member_5_vs_authors"] = (
+            None if conv is None or res[f"{tag}time_per_member_5_vs_authors"] is None
+            else round(res[f"{tag}time_per_member_5_vs_authors"] * conv, 3))
         best = min((v for v in (per(a1), per(a5)) if v is not None), default=None)   # 5 members the faster way
         res[f"{tag}time_per_member_best_vs_authors"] = _scaled(report.ratio(best, per(before)), ref[0])
         res[f"{tag}best_batch"] = None if best is None else (1 if best == per(a1) else BATCHES[-1])
@@ -505,6 +511,9 @@ def headline(results: dict) -> list[dict]:
                 if f"{tag}time_verdict" not in r: continue
                 add(f"inference {k}{label}: time per member, 5 members as one batch, after / authors",
                     r[f"{tag}time_per_member_5_vs_authors"], "≤ 0.5", r[f"{tag}time_verdict"])
+                if r.get(f"{tag}convolutions_only_time_per_member_5_vs_authors") is not None:
+                    add(f"inference {k}{label}: of that, the convolutions alone (profiler share), after / authors",
+                        r[f"{tag}convolutions_only_time_per_member_5_vs_authors"])
                 if f"{tag}time_per_member_best_vs_authors" in r:
                     add(f"inference {k}{label}: time per member, 5 members in the faster way (batch "
                         f"{r[f'{tag}best_batch']}), after / authors", r[f"{tag}time_per_member_best_vs_authors"], "≤ 0.5",

@@ -104,6 +104,8 @@ def test_speed_results(quick_results):
     else:
         assert any("baseline not measured" in n for n in doc["notes"])
     assert any(h["quantity"].startswith("segment 32³") for h in r["headline"])
+    after = r["forward"]["Q 32³ batch 1"]["after"]               # the profiler's share of the convolutions
+    assert 0 < after["convolution_share"] < 1 and after["op_shares"]
 
 
 def test_summary(quick_results):
