@@ -279,11 +279,9 @@ def _vs_authors(out: dict, cfg: str, size: int, ref: tuple[float, float]) -> dic
     for tag, a1, a5 in (("", b1.get("after"), b5.get("after")), ("bf16_", b1.get("after_bf16"), b5.get("after_bf16"))):
         if tag and a1 is None and a5 is None: continue
         res[f"{tag}time_per_member_1_vs_authors"] = _scaled(report.ratio(per(a1), per(before)), ref[0])
-        res[f"{tag}time_per_member_5_vs_authors"] = _scaled(report.ratio(per(a5), per(before)), ref[0])
+        v5 = res[f"{tag}time_per_member_5_vs_authors"] = _scaled(report.ratio(per(a5), per(before)), ref[0])
         conv = (a5 or {}).get("convolution_share")            # what the convolutions alone of that evaluation cost
-        res[f"{tag}convolutions_only_time_per_member_5_vs_authors"] = (
-            None if conv is None or res[f"{tag}time_per_member_5_vs_authors"] is None
-            else round(res[f"{tag}time_per_member_5_vs_authors"] * conv, 3))
+        res[f"{tag}convolutions_only_time_per_member_5_vs_authors"] = None if conv is None else _scaled(v5, conv)
         best = min((v for v in (per(a1), per(a5)) if v is not None), default=None)   # 5 members the faster way
         res[f"{tag}time_per_member_best_vs_authors"] = _scaled(report.ratio(best, per(before)), ref[0])
         res[f"{tag}best_batch"] = None if best is None else (1 if best == per(a1) else BATCHES[-1])

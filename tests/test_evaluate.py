@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = ("mask.nii.gz", "prob.nii.gz", "var.nii.gz")
 
 
-def _cli(*args, timeout=240, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _cli(*args, timeout=240, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -110,11 +110,9 @@ def test_segment_refuses_to_overwrite_without_the_flag(run_dir, segmented, phant
 
 def test_unknown_allocator_setting_is_one_line_before_any_work(run_dir, phantom_data, tmp_path):
     "PATCHDDM_ALLOCATOR takes 'system' or 'tuned': another value stops segment and train with one line, nothing written."
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PATCHDDM_ALLOCATOR="off")
     for args in (["segment", run_dir, phantom_data.raw, tmp_path / "pred", "--steps", 1, "--ensemble", 1],
                  ["train", run_dir.parent / "prep", tmp_path / "run", "--preset", "tiny", "--steps", 1]):
-        r = subprocess.run([sys.executable, "-m", "patchddm.cli", *map(str, args)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=240)
+        r = _cli(*args, env={"PATCHDDM_ALLOCATOR": "off"})
         assert r.returncode != 0, (args[0], r.stdout, r.stderr)
         _no_traceback(r)
         lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
